@@ -1,0 +1,40 @@
+# distillguard: `make demo` runs the main job on the embedded default; `make test` installs and passes the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORPORA := .cache/corpora/.complete
+
+.PHONY: setup demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(CORPORA): $(STAMP)
+	$(BIN)/python -m distillguard.core.corpora fetch
+
+setup: $(STAMP) $(CORPORA)
+
+demo: setup
+	$(BIN)/distillguard validate ../shared/spec/example-log
+
+lint: setup
+	$(BIN)/ruff check distillguard tests bench
+	$(BIN)/ruff format --check distillguard tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup
+	$(BIN)/ruff check distillguard tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared vocabulary every stage uses: contract schema, errors, verdict types, the Detector protocol, config, atomic I/O."""

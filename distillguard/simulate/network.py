@@ -1,0 +1,212 @@
+"""Real network prefixes (geoip2fast's MaxMind ASN snapshot) grouped by kind, IP pools drawn from them, and ip_intel rows.
+
+The simulator never invents address space: every address lies in a real prefix of a
+real AS (e.g. COMCAST-7922 for residential, AMAZON-02 for datacenter, M247 for VPN).
+The ip_intel.csv written beside the traffic is deliberately incomplete, like a real
+provider's: some residential ISPs are missing (their addresses are ``unknown``), one
+VPN host is listed as ``datacenter``, and only some residential-proxy exits sit in small
+nested ``proxy`` prefixes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from distillguard.core.errors import DistillguardError
+
+
+@dataclass(frozen=True)
+class Org:
+    """One autonomous system the simulator draws addresses from."""
+
+    key: str  # short handle used by personas
+    as_name: str  # exact name in the geoip2fast ASN table
+    asn: int
+    kind: str  # what the network really is
+    intel_kind: str | None  # what ip_intel.csv says (None: not listed -> unknown)
+    country: str
+
+
+#: The organisations used, with their public AS numbers.
+ORGS: Final[tuple[Org, ...]] = (
+    # residential ISPs
+    Org("comcast", "COMCAST-7922", 7922, "residential", "residential", "US"),
+    Org("charter", "CHARTER-20115", 20115, "residential", "residential", "US"),
+    Org("att", "ATT-INTERNET4", 7018, "residential", "residential", "US"),
+    Org("frontier", "FRONTIER-FRTR", 5650, "residential", None, "US"),
+    Org("dtag", "Deutsche Telekom AG", 3320, "residential", "residential", "DE"),
+    Org("orange", "Orange", 3215, "residential", "residential", "FR"),
+    Org("bt", "British Telecommunications PLC", 2856, "residential", "residential", "GB"),
+    Org("telefonica", "Telefonica De Espana S.a.u.", 3352, "residential", "residential", "ES"),
+    Org("airtel", "BHARTI Airtel Ltd.", 24560, "residential", "residential", "IN"),
+    Org("kt", "Korea Telecom", 4766, "residential", "residential", "KR"),
+    Org("kddi", "KDDI CORPORATION", 2516, "residential", "residential", "JP"),
+    Org("rogers", "ROGERS-COMMUNICATIONS", 812, "residential", None, "CA"),
+    Org("chinanet", "Chinanet", 4134, "residential", "residential", "CN"),
+    Org("viettel", "Viettel Group", 7552, "residential", "residential", "VN"),
+    # mobile carriers
+    Org("tmobile", "T-MOBILE-AS21928", 21928, "mobile", "mobile", "US"),
+    Org("verizon_wireless", "CELLCO-PART", 6167, "mobile", "mobile", "US"),
+    Org("jio", "Reliance Jio Infocomm Limited", 55836, "mobile", "mobile", "IN"),
+    # clouds / hosting
+    Org("aws", "AMAZON-02", 16509, "datacenter", "datacenter", "US"),
+    Org("gcp", "GOOGLE-CLOUD-PLATFORM", 396982, "datacenter", "datacenter", "US"),
+    Org("azure", "MICROSOFT-CORP-MSN-AS-BLOCK", 8075, "datacenter", "datacenter", "US"),
+    Org("ovh", "OVH SAS", 16276, "datacenter", "datacenter", "FR"),
+    Org("hetzner", "Hetzner Online GmbH", 24940, "datacenter", "datacenter", "DE"),
+    Org("digitalocean", "DIGITALOCEAN-ASN", 14061, "datacenter", "datacenter", "US"),
+    Org("alibaba", "Alibaba US Technology Co., Ltd.", 45102, "datacenter", "datacenter", "US"),
+    # commercial VPN hosting: rented by VPN brands and attackers alike
+    Org("m247", "M247 Europe SRL", 9009, "vpn", "datacenter", "RO"),
+    Org("datacamp", "Datacamp Limited", 60068, "vpn", "vpn", "GB"),
+    Org("packethub", "PacketHub S.A.", 207137, "vpn", "vpn", "PA"),
+    # corporate egress and education
+    Org("zscaler", "ZSCALER-SJC1", 22616, "business", "business", "US"),
+    Org("colt", "COLT Technology Services Group Limited", 8220, "business", "business", "GB"),
+    Org("mit", "MIT-GATEWAYS", 3, "education", "education", "US"),
+    Org("umich", "UMICH-AS-5", 36375, "education", "education", "US"),
+    Org("jisc", "Jisc Services Limited", 786, "education", "education", "GB"),
+)
+ORG_BY_KEY: Final = {o.key: o for o in ORGS}
+
+#: Org keys by real kind, for personas that want "any residential ISP" etc.
+RESIDENTIAL: Final = tuple(o.key for o in ORGS if o.kind == "residential")
+MOBILE: Final = tuple(o.key for o in ORGS if o.kind == "mobile")
+DATACENTER: Final = tuple(o.key for o in ORGS if o.kind == "datacenter")
+VPN: Final = tuple(o.key for o in ORGS if o.kind == "vpn")
+EDUCATION: Final = tuple(o.key for o in ORGS if o.kind == "education")
+BUSINESS: Final = tuple(o.key for o in ORGS if o.kind == "business")
+
+_DATA_FILE: Final = "geoip2fast-asn-ipv6.dat.gz"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A real prefix announced by an org."""
+
+    org: str
+    network: int  # first address as an integer
+    length: int  # prefix length
+    version: int  # 4 or 6
+
+    @property
+    def cidr(self) -> str:
+        addr = ipaddress.ip_address(self.network) if self.version == 4 else ipaddress.IPv6Address(self.network)
+        return f"{addr}/{self.length}"
+
+
+@lru_cache(maxsize=1)
+def _org_prefixes() -> dict[str, tuple[Prefix, ...]]:
+    """All prefixes of the orgs in :data:`ORGS`, sorted, from the bundled snapshot."""
+    try:
+        import geoip2fast
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise DistillguardError("geoip2fast is required for the simulator's network data") from exc
+    path = Path(geoip2fast.__file__).parent / _DATA_FILE
+    with gzip.open(path, "rb") as handle:
+        _version, _info, _total, db = pickle.load(handle)
+    _idx, _idx_asn, _names_c, names_asn, _first, first_asn, _id_c, id_asn, _nl, nl_asn = db
+    wanted = {o.as_name: o.key for o in ORGS}
+    name_ids = {i: wanted[n] for i, n in enumerate(names_asn) if n in wanted}
+    found: dict[str, list[Prefix]] = {o.key: [] for o in ORGS}
+    for firsts, ids, lens in zip(first_asn, id_asn, nl_asn, strict=True):
+        for first, asn_id, length in zip(firsts, ids, lens, strict=True):
+            key = name_ids.get(asn_id)
+            if key is None:
+                continue
+            version = 4 if first < 2**32 else 6
+            # skip tiny and implausibly large announcements: nothing to sample / aggregates
+            if (version == 4 and 12 <= length <= 24) or (version == 6 and 19 <= length <= 48):
+                found[key].append(Prefix(key, int(first), int(length), version))
+    missing = [k for k, v in found.items() if not any(p.version == 4 for p in v)]
+    if missing:
+        raise DistillguardError(f"geoip2fast snapshot has no IPv4 prefixes for {missing}")
+    return {k: tuple(sorted(v, key=lambda p: (p.version, p.network))) for k, v in found.items()}
+
+
+class Network:
+    """Draws addresses from real prefixes and records which prefixes were used for ip_intel.csv."""
+
+    def __init__(self, rng: np.random.Generator, prefixes_per_org: int = 12) -> None:
+        self._rng = rng
+        all_prefixes = _org_prefixes()
+        self.prefixes: dict[str, list[Prefix]] = {}
+        for org in ORGS:
+            options = all_prefixes[org.key]
+            v4 = [p for p in options if p.version == 4]
+            v6 = [p for p in options if p.version == 6]
+            pick4 = rng.choice(len(v4), size=min(prefixes_per_org, len(v4)), replace=False)
+            chosen = [v4[i] for i in sorted(pick4)]
+            if v6:
+                pick6 = rng.choice(len(v6), size=min(3, len(v6)), replace=False)
+                chosen += [v6[i] for i in sorted(pick6)]
+            self.prefixes[org.key] = chosen
+        self.proxy_cidrs: list[tuple[str, int, str]] = []
+
+    def addresses(self, orgs: tuple[str, ...] | list[str], n: int, ipv6_share: float = 0.0) -> np.ndarray:
+        """``n`` random addresses (numpy array of str) spread over ``orgs``' chosen prefixes."""
+        org_idx = self._rng.integers(0, len(orgs), size=n)
+        v6_mask = self._rng.random(n) < ipv6_share
+        out = np.empty(n, dtype=object)
+        for i, key in enumerate(orgs):
+            sel = np.flatnonzero(org_idx == i)
+            if sel.size == 0:
+                continue
+            pref = self.prefixes[key]
+            v4 = [p for p in pref if p.version == 4]
+            v6 = [p for p in pref if p.version == 6] or v4
+            for group, mask in ((v4, ~v6_mask[sel]), (v6, v6_mask[sel])):
+                rows = sel[mask]
+                if rows.size == 0:
+                    continue
+                which = self._rng.integers(0, len(group), size=rows.size)
+                # IPv6 interface ids: 64 random bits in two halves (numpy has no 128-bit ints)
+                hi = self._rng.integers(1, 2**31, size=rows.size)
+                lo = self._rng.integers(1, 2**31, size=rows.size)
+                for r, w, h, lw in zip(rows, which, hi, lo, strict=True):
+                    p = group[int(w)]
+                    if p.version == 4:
+                        span = 2 ** (32 - p.length)
+                        out[r] = str(ipaddress.IPv4Address(p.network + 1 + (int(h) % (span - 2))))
+                    else:
+                        out[r] = str(ipaddress.IPv6Address(p.network + ((int(h) << 31) | int(lw))))
+        return out.astype(str)
+
+    def mark_proxies(self, ips: np.ndarray, share: float) -> None:
+        """List a /29 around a ``share`` of these (residential-proxy) IPv4 exits as ``proxy``."""
+        pick = self._rng.random(len(ips)) < share
+        owners = [
+            (ipaddress.IPv4Network(p.cidr), ORG_BY_KEY[key])
+            for key, prefixes in self.prefixes.items()
+            for p in prefixes
+            if p.version == 4
+        ]
+        for ip in ips[pick]:
+            if ":" in ip:
+                continue
+            addr = ipaddress.IPv4Address(ip)
+            owner = next((o for net, o in owners if addr in net), None)
+            if owner is not None:
+                net = ipaddress.ip_network(f"{ip}/29", strict=False)
+                self.proxy_cidrs.append((str(net), owner.asn, owner.as_name))
+
+    def intel_rows(self) -> list[tuple[str, int, str, str]]:
+        """Rows ``(cidr, asn, asn_org, kind)`` for ip_intel.csv: listed orgs, then nested proxies."""
+        rows: list[tuple[str, int, str, str]] = []
+        for org in ORGS:
+            if org.intel_kind is None:
+                continue
+            rows += [(p.cidr, org.asn, org.as_name, org.intel_kind) for p in self.prefixes[org.key]]
+        rows += [(c, asn, name, "proxy") for c, asn, name in sorted(set(self.proxy_cidrs))]
+        return rows
+
+    def org_of(self, key: str) -> Org:
+        return ORG_BY_KEY[key]

@@ -1,0 +1,1 @@
+"""Engine runners: execute the relational stages (Ibis expressions) on an embedded or distributed backend."""

@@ -1,0 +1,35 @@
+"""The embedded engine: an in-process DuckDB behind Ibis, holding Arrow tables and Parquet datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+
+class EmbeddedEngine:
+    """Registers Arrow inputs as named tables and materialises Ibis expressions back to Arrow.
+
+    The same expressions run unchanged on another Ibis backend (Spark), so stages take
+    ``ir.Table`` arguments and never touch DuckDB directly.
+    """
+
+    def __init__(self, threads: int | None = None, memory_limit: str | None = None) -> None:
+        self.backend: Any = ibis.duckdb.connect()
+        if threads is not None:
+            self.backend.raw_sql(f"SET threads = {int(threads)}")
+        if memory_limit is not None:
+            self.backend.raw_sql(f"SET memory_limit = '{memory_limit}'")
+
+    def table(self, name: str, data: pa.Table | pads.Dataset) -> ir.Table:
+        """Expose ``data`` (not copied) as table ``name``."""
+        self.backend.con.register(name, data)
+        return self.backend.table(name)
+
+    def to_arrow(self, expr: ir.Table) -> pa.Table:
+        """Execute ``expr`` and return the result as an Arrow table."""
+        result: pa.Table = self.backend.to_pyarrow(expr)
+        return result

@@ -1,0 +1,333 @@
+"""Cross-account edge detectors as Ibis expressions: shared indicators → one weighted, explained edge list.
+
+Every edge kind follows one recipe so its evidence reads the same way:
+
+1. each exchange (or account) yields *keys* it exposes (a payment fingerprint, an IP within a
+   time window, a rare user agent, a template id, a sign-up wave, ...);
+2. per key: how many accounts share it (``df``), how many email domains they span, how much of
+   the key's traffic one account carries, and the network kind behind it;
+3. the key's weight is IDF-like rarity ``ln(N/df)/ln(N)`` times the network kind's weight, cut
+   when the sharing is *explained* (one email domain on an education/business network — a campus
+   NAT or a corporate egress — or one dominant account), and zero above a fan-out cap;
+4. every pair of accounts sharing a key gets the key's weight; per pair and kind the sum ``s`` is
+   saturated to ``weight * (1 - exp(-s / scale))`` so no single kind can dominate by repetition.
+
+Synchrony (SynchroTrap-style) is the exception: its contribution is the Jaccard similarity of two
+accounts' (time bucket, network) activity sets, counted only over buckets with limited fan-out.
+
+Everything here is relational (group-by, self-join on key) so the same expressions run on Spark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+EDGE_KINDS: tuple[str, ...] = (
+    "payment",
+    "ip",
+    "prefix",
+    "user_agent",
+    "template",
+    "synchrony",
+    "signup_wave",
+    "model_pivot",
+)
+EDGE_DETECTOR_VERSION = "1.0.0"
+
+_EXPLAINABLE_KINDS = ("education", "business")
+
+
+@dataclass(frozen=True)
+class LinkTables:
+    """The edge list and the key memberships behind it (for shared-indicator evidence)."""
+
+    edges: pa.Table  # account_a < account_b, weight, w_<kind> per kind, n_kinds
+    indicators: pa.Table  # kind, key, account_id, key_weight, df
+
+
+def _seconds_bucket(
+    ts: ir.TimestampValue, minutes: float, offset_minutes: float = 0.0
+) -> ir.IntegerValue:
+    width = max(1, int(minutes * 60))
+    return ((ts.epoch_seconds() + int(offset_minutes * 60)) // width).cast("int64")
+
+
+def _key_stats(
+    keyed: ir.Table,
+    accounts: ir.Table,
+    kind: str,
+    n_accounts: ir.IntegerScalar,
+    cfg: Mapping[str, Any],
+    lcfg: Mapping[str, Any],
+) -> ir.Table:
+    """Per (key, account) rows of eligible keys with the key's weight.
+
+    ``keyed`` has ``key``, ``account_id``, ``kind_w`` (network-kind weight, 1 when not network
+    based) and ``net_kind`` (string or null).
+    """
+    ka = keyed.group_by(["key", "account_id"]).agg(
+        n=ibis._.count(), kind_w=ibis._.kind_w.max(), net_kind=ibis._.net_kind.max()
+    )
+    doms = accounts.select(account_id=accounts.account_id, email_domain=accounts.email_domain)
+    kad = ka.left_join(doms, ka.account_id == doms.account_id).drop("account_id_right")
+    per_key = kad.group_by("key").agg(
+        df=ibis._.account_id.nunique(),
+        total=ibis._.n.sum(),
+        top=ibis._.n.max(),
+        n_domains=ibis._.email_domain.nunique(),
+        kind_w=ibis._.kind_w.max(),
+        net_kind=ibis._.net_kind.max(),
+    )
+    max_fanout = int(cfg.get("max_fanout", lcfg["max_fanout"]))
+    # A key held by a sizeable share of all accounts is common infrastructure, not a link.
+    max_df = ibis.least(
+        ibis.literal(max_fanout),
+        (n_accounts.cast("float64") * float(lcfg["max_df_share"])).ceil().cast("int64"),
+    )
+    per_key = per_key.filter((per_key.df >= 2) & (per_key.df <= ibis.greatest(max_df, 2)))
+    n = n_accounts.cast("float64")
+    idf = (n / per_key.df.cast("float64")).ln() / ibis.greatest(n, 3.0).ln()
+    explained = (per_key.n_domains <= 1) & (
+        per_key.net_kind.isnull() | per_key.net_kind.isin(list(_EXPLAINABLE_KINDS))
+    )
+    dominant = per_key.top.cast("float64") / per_key.total.cast("float64") >= float(
+        lcfg["dominant_account_share"]
+    )
+    w = (
+        idf
+        * per_key.kind_w
+        * ibis.ifelse(explained, float(lcfg["explained_discount"]), 1.0)
+        * ibis.ifelse(dominant, float(lcfg["dominant_discount"]), 1.0)
+    )
+    per_key = per_key.mutate(key_weight=w).select("key", "df", "key_weight")
+    members = ka.select("key", "account_id").join(per_key, "key")
+    return members.mutate(kind=ibis.literal(kind)).select(
+        "kind", "key", "account_id", "key_weight", "df"
+    )
+
+
+def _pairs(members: ir.Table, kind: str, cfg: Mapping[str, Any]) -> ir.Table:
+    """Saturated per-pair contribution of one kind from its eligible key memberships."""
+    a = members.select(key=members.key, account_a=members.account_id, key_weight=members.key_weight)
+    b = members.select(key_b=members.key, account_b=members.account_id)
+    joined = a.join(b, [a.key == b.key_b, a.account_a < b.account_b])
+    summed = joined.group_by(["account_a", "account_b"]).agg(s=joined.key_weight.sum())
+    weight = float(cfg["weight"])
+    scale = float(cfg.get("scale", 1.0))
+    contrib = weight * (1.0 - (-(summed.s / scale)).exp())
+    return summed.select(
+        "account_a", "account_b", kind=ibis.literal(kind), contribution=contrib.cast("float64")
+    )
+
+
+def _net_weight(kind_col: ir.StringValue, lcfg: Mapping[str, Any]) -> ir.FloatingValue:
+    weights: Mapping[str, float] = lcfg["network_kind_weight"]
+    expr: ir.FloatingValue = ibis.literal(float(weights.get("unknown", 0.5)))
+    for name, value in sorted(weights.items()):
+        expr = ibis.ifelse(kind_col == name, float(value), expr)
+    return expr
+
+
+def _exchange_keys(
+    signals: ir.Table, kind: str, cfg: Mapping[str, Any], lcfg: Mapping[str, Any]
+) -> ir.Table:
+    s = signals
+    net = s.network_kind.fill_null("unknown")
+    if kind in ("ip", "prefix"):
+        col = s.client_ip if kind == "ip" else s.ip_prefix
+        minutes = float(cfg["window_minutes"])
+        keyed = s.filter(col.notnull()).mutate(
+            key=col + "|" + _seconds_bucket(s.ts, minutes).cast("string"),
+            kind_w=_net_weight(net, lcfg),
+            net_kind=net,
+        )
+    elif kind == "user_agent":
+        keyed = s.filter(s.user_agent.notnull() & (s.user_agent != "")).mutate(
+            key=s.user_agent, kind_w=ibis.literal(1.0), net_kind=ibis.null("string")
+        )
+    elif kind == "template":
+        base = s.filter(s.template_id.notnull())
+        # An account sending a template under one constant system prompt is a product's scaffold
+        # (a SaaS backend wrapping its users' text), not an operator's harvesting script.
+        sp = base.group_by(["template_id", "account_id", "system_prompt_sha256"]).agg(
+            n=ibis._.count()
+        )
+        uses = sp.group_by(["template_id", "account_id"]).agg(
+            top=ibis.ifelse(sp.system_prompt_sha256.notnull(), sp.n, 0).max(), n=sp.n.sum()
+        )
+        uses = uses.filter(
+            (uses.n >= int(cfg["min_uses"]))
+            & (
+                uses.top.cast("float64") / uses.n.cast("float64")
+                < float(cfg["saas_system_prompt_share"])
+            )
+        )
+        keyed = uses.mutate(
+            key=uses.template_id.cast("string"),
+            kind_w=ibis.literal(1.0),
+            net_kind=ibis.null("string"),
+        ).select("key", "account_id", "kind_w", "net_kind")
+    elif kind == "model_pivot":
+        first_model = s.group_by("model").agg(released=s.ts.min())
+        newest = first_model.order_by([ibis.desc("released"), "model"]).limit(1)
+        per = s.group_by("account_id").agg(first_seen=s.ts.min(), n_all=ibis._.count())
+        on_new = s.join(newest, s.model == newest.model)
+        per_new = on_new.group_by("account_id").agg(first_new=on_new.ts.min(), n_new=ibis._.count())
+        j = per.join(per_new, "account_id").cross_join(newest.select("released"))
+        window_s = int(float(cfg["window_hours"]) * 3600)
+        pivoted = j.filter(
+            (j.first_seen < j.released)
+            & ((j.first_new.epoch_seconds() - j.released.epoch_seconds()) <= window_s)
+            & (j.n_new.cast("float64") / j.n_all.cast("float64") >= float(cfg["min_share"]))
+        )
+        keyed = pivoted.mutate(
+            key=_seconds_bucket(pivoted.first_new, float(cfg["bucket_minutes"])).cast("string"),
+            kind_w=ibis.literal(1.0),
+            net_kind=ibis.null("string"),
+        ).select("key", "account_id", "kind_w", "net_kind")
+    else:  # pragma: no cover - guarded by caller
+        raise ValueError(kind)
+    return keyed.select("key", "account_id", "kind_w", "net_kind")
+
+
+def _signup_keys(accounts: ir.Table, cfg: Mapping[str, Any]) -> ir.Table:
+    a = accounts.filter(accounts.created_at.notnull())
+    ip = a.signup_ip.fill_null("")
+    v4 = ip.re_extract(r"^(\d+\.\d+\.\d+)\.\d+$", 1)
+    v6 = ip.lower().re_extract(r"^([0-9a-f]*:[0-9a-f]*:[0-9a-f]*)", 1)
+    prefix = ibis.ifelse(v4 != "", v4, v6)
+    minutes = float(cfg["window_minutes"])
+    parts = []
+    # Two bucket grids half a window apart so a wave straddling a boundary is still seen.
+    for offset, tag in ((0.0, "a"), (minutes / 2.0, "b")):
+        bucket = _seconds_bucket(a.created_at, minutes, offset).cast("string")
+        by_ip = a.filter(prefix != "").mutate(key=tag + "|ip|" + prefix + "|" + bucket)
+        by_dom = a.filter(a.email_domain.notnull()).mutate(
+            key=tag + "|dom|" + a.email_domain + "|" + bucket
+        )
+        for part in (by_ip, by_dom):
+            parts.append(
+                part.select(
+                    "key", "account_id", kind_w=ibis.literal(1.0), net_kind=ibis.null("string")
+                )
+            )
+    return ibis.union(*parts, distinct=True)
+
+
+def _synchrony(
+    signals: ir.Table, accounts: ir.Table, cfg: Mapping[str, Any]
+) -> tuple[ir.Table, ir.Table]:
+    s = signals
+    key_col = str(cfg["key"])
+    bucket = _seconds_bucket(s.ts, float(cfg["bucket_minutes"])).cast("string")
+    if key_col == "asn":
+        key = bucket + "|" + s.asn.cast("string").fill_null("?")
+    elif key_col == "prefix":
+        key = bucket + "|" + s.ip_prefix.fill_null("?")
+    else:
+        key = bucket
+    net = s.network_kind.fill_null("unknown")
+    acts = (
+        s.mutate(key=key, net_kind=net)
+        .group_by(["key", "account_id"])
+        .agg(net_kind=ibis._.net_kind.max())
+    )
+    doms = accounts.select(dom_id=accounts.account_id, email_domain=accounts.email_domain)
+    actd = acts.left_join(doms, acts.account_id == doms.dom_id)
+    fan = actd.group_by("key").agg(
+        df=ibis._.account_id.nunique(),
+        n_domains=ibis._.email_domain.nunique(),
+        net_kind=ibis._.net_kind.max(),
+    )
+    # A class or a team active together behind its own campus/corporate network is expected.
+    explained = (fan.n_domains <= 1) & fan.net_kind.isin(list(_EXPLAINABLE_KINDS))
+    fan = fan.filter((fan.df >= 2) & (fan.df <= int(cfg["max_fanout"])) & ~explained)
+    acts = acts.join(fan, "key").select("key", "account_id", "df")
+    sizes = acts.group_by("account_id").agg(n_keys=ibis._.count())
+    a = acts.select(key=acts.key, account_a=acts.account_id)
+    b = acts.select(key_b=acts.key, account_b=acts.account_id)
+    co = a.join(b, [a.key == b.key_b, a.account_a < b.account_b])
+    co = co.group_by(["account_a", "account_b"]).agg(co=ibis._.count())
+    sa = sizes.select(sa_id=sizes.account_id, na=sizes.n_keys)
+    sb = sizes.select(sb_id=sizes.account_id, nb=sizes.n_keys)
+    co = co.join(sa, co.account_a == sa.sa_id).join(sb, co.account_b == sb.sb_id)
+    jac = co.co.cast("float64") / (co.na + co.nb - co.co).cast("float64")
+    co = co.mutate(jaccard=jac)
+    co = co.filter((co.co >= int(cfg["min_co"])) & (co.jaccard >= float(cfg["min_jaccard"])))
+    pairs = co.select(
+        "account_a",
+        "account_b",
+        kind=ibis.literal("synchrony"),
+        contribution=(float(cfg["weight"]) * co.jaccard).cast("float64"),
+    )
+    members = acts.mutate(kind=ibis.literal("synchrony"), key_weight=ibis.literal(0.0)).select(
+        "kind", "key", "account_id", "key_weight", "df"
+    )
+    return pairs, members
+
+
+def edge_expressions(
+    signals: ir.Table, accounts: ir.Table, config: Mapping[str, Any]
+) -> tuple[ir.Table, ir.Table]:
+    """Ibis expressions for (edges, indicators); nothing is executed here.
+
+    ``signals`` needs account_id, ts, client_ip, ip_prefix, asn, network_kind, user_agent,
+    template_id, system_prompt_sha256, model; ``accounts`` needs account_id, created_at,
+    email_domain, payment_fingerprint, signup_ip. A kind whose ``weight`` is 0 is skipped.
+    """
+    lcfg = config["linking"]
+    kinds_cfg: Mapping[str, Mapping[str, Any]] = lcfg["kinds"]
+    n_accounts = signals.account_id.nunique()
+    pair_parts: list[ir.Table] = []
+    member_parts: list[ir.Table] = []
+    for kind in EDGE_KINDS:
+        cfg = kinds_cfg[kind]
+        if float(cfg["weight"]) <= 0.0:
+            continue
+        if kind == "synchrony":
+            pairs, members = _synchrony(signals, accounts, cfg)
+        else:
+            if kind == "payment":
+                acc = accounts.filter(accounts.payment_fingerprint.notnull())
+                keyed = acc.select(
+                    key=acc.payment_fingerprint,
+                    account_id=acc.account_id,
+                    kind_w=ibis.literal(1.0),
+                    net_kind=ibis.null("string"),
+                )
+            elif kind == "signup_wave":
+                keyed = _signup_keys(accounts, cfg)
+            else:
+                keyed = _exchange_keys(signals, kind, cfg, lcfg)
+            members = _key_stats(keyed, accounts, kind, n_accounts, cfg, lcfg)
+            pairs = _pairs(members, kind, cfg)
+        pair_parts.append(pairs)
+        if kind != "synchrony":  # its memberships are raw activity; the edge share reports it
+            member_parts.append(members)
+    allp = ibis.union(*pair_parts)
+    aggs = {
+        f"w_{k}": ibis.ifelse(allp.kind == k, allp.contribution, 0.0).sum().cast("float64")
+        for k in EDGE_KINDS
+    }
+    edges = allp.group_by(["account_a", "account_b"]).agg(
+        weight=allp.contribution.sum().cast("float64"),
+        n_kinds=(allp.contribution > 0).cast("int64").sum(),
+        **aggs,
+    )
+    edges = edges.order_by(["account_a", "account_b"])
+    indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])
+    return edges, indicators
+
+
+def empty_edges() -> pa.Table:
+    """An edge table with no rows and the full schema."""
+    fields = [pa.field("account_a", pa.string()), pa.field("account_b", pa.string())]
+    fields += [pa.field("weight", pa.float64()), pa.field("n_kinds", pa.int64())]
+    fields += [pa.field(f"w_{k}", pa.float64()) for k in EDGE_KINDS]
+    return pa.schema(fields).empty_table()

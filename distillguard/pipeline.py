@@ -1,0 +1,375 @@
+"""The one place the stages are wired in order: load_log → signals → features → linking → scoring → outputs."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+from rich.progress import Progress
+
+from distillguard.core.atomic import write_text_atomic
+from distillguard.core.config import config_hash
+from distillguard.core.detector import Detections
+from distillguard.core.verdict import Action, Reason, Verdict
+from distillguard.engines.embedded import EmbeddedEngine
+from distillguard.linking import CLUSTER_DETECTORS, LinkResult, link
+from distillguard.linking.edges import EDGE_DETECTOR_VERSION, EDGE_KINDS
+from distillguard.scoring.combine import SCORING_VERSION, Scored, score_accounts
+from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
+
+_ACCOUNT_COLS = ("account_id", "created_at", "email_domain", "payment_fingerprint", "signup_ip")
+_SIGNAL_COLS = (
+    "request_id",
+    "account_id",
+    "ts",
+    "model",
+    "client_ip",
+    "ip_prefix",
+    "asn",
+    "network_kind",
+    "user_agent",
+    "system_prompt_sha256",
+    "capability",
+    "template_id",
+)
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    """What ``detect`` writes, kept as data so tests and the evaluation can read it directly."""
+
+    verdicts: tuple[Verdict, ...]
+    campaigns: Mapping[str, Any]
+    report_html: str
+
+
+def _r(x: float, nd: int = 6) -> float | None:
+    """Round for stable JSON; NaN/inf become null."""
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), nd)
+
+
+def _ensure_accounts(accounts: pa.Table | None, signals_ids: pa.Array) -> pa.Table:
+    """Accounts with the columns linking needs (nulls where the provider gave none)."""
+    types = {
+        "account_id": pa.string(),
+        "created_at": pa.timestamp("ms", tz="UTC"),
+        "email_domain": pa.string(),
+        "payment_fingerprint": pa.string(),
+        "signup_ip": pa.string(),
+    }
+    if accounts is None or accounts.num_rows == 0:
+        n = len(signals_ids)
+        return pa.table(
+            {k: (signals_ids if k == "account_id" else pa.nulls(n, t)) for k, t in types.items()}
+        )
+    cols = {}
+    for name, typ in types.items():
+        cols[name] = (
+            accounts[name].cast(typ)
+            if name in accounts.column_names
+            else pa.nulls(accounts.num_rows, typ)
+        )
+    return pa.table(cols)
+
+
+def _sample_ids(
+    engine: EmbeddedEngine, signals: Any, account_ids: Sequence[str], k: int
+) -> dict[str, list[str]]:
+    """The ``k`` earliest request ids of each given account (evidence an analyst can pull)."""
+    if not account_ids:
+        return {}
+    import ibis
+
+    wanted = engine.table(
+        "_wanted", pa.table({"wanted_id": pa.array(sorted(account_ids), pa.string())})
+    )
+    s = signals.select("account_id", "ts", "request_id")
+    s = s.join(wanted, s.account_id == wanted.wanted_id).select("account_id", "ts", "request_id")
+    rn = ibis.row_number().over(group_by=s.account_id, order_by=[s.ts, s.request_id])
+    picked = s.mutate(rn=rn).filter(lambda t: t.rn < k).order_by(["account_id", "rn"])
+    table = engine.to_arrow(picked.select("account_id", "request_id"))
+    out: dict[str, list[str]] = {}
+    for aid, rid in zip(
+        table["account_id"].to_pylist(), table["request_id"].to_pylist(), strict=True
+    ):
+        out.setdefault(str(aid), []).append(str(rid))
+    return out
+
+
+def _reasons(
+    scored: Scored, row: int, samples: list[str], min_contribution: float, max_reasons: int
+) -> tuple[Reason, ...]:
+    contrib = scored.contributions[row]
+    order = sorted(range(len(scored.specs)), key=lambda j: (-contrib[j], scored.specs[j].name))
+    reasons = []
+    for j in order[:max_reasons]:
+        if contrib[j] < min_contribution:
+            break
+        spec = scored.specs[j]
+        reasons.append(
+            Reason(
+                signal=spec.name,
+                value=_r(float(scored.values[row, j])),
+                detail={
+                    "detector": spec.detector,
+                    "reference": dict(scored.references[j]),
+                    "contribution": _r(float(contrib[j]), 4),
+                    "volume": spec.volume,
+                    "level": "cluster" if spec.cluster else "account",
+                    "sample_request_ids": list(samples),
+                },
+            )
+        )
+    return tuple(reasons)
+
+
+def _campaigns(
+    link_result: LinkResult,
+    scored: Scored,
+    ranks: np.ndarray,
+    cluster_dets: Sequence[Detections],
+) -> list[dict[str, Any]]:
+    accounts = scored.accounts
+    cluster_ids = accounts["cluster_id"].to_pylist()
+    scores = accounts["score"].to_numpy(zero_copy_only=False)
+    by_cluster: dict[str, list[int]] = {}
+    for i, cid in enumerate(cluster_ids):
+        if cid is not None:
+            by_cluster.setdefault(cid, []).append(i)
+    feats = {r["cluster_id"]: r for r in link_result.features.to_pylist()}
+    det_by_cluster: dict[str, dict[str, float | None]] = {}
+    for det in cluster_dets:
+        for cid, sc in zip(
+            det.scores["cluster_id"].to_pylist(), det.scores["score"].to_pylist(), strict=True
+        ):
+            det_by_cluster.setdefault(cid, {})[det.detector.ref] = (
+                _r(sc) if sc is not None else None
+            )
+    cap_counts: dict[str, dict[str, int]] = {}
+    mem = pl.from_arrow(link_result.membership)
+    caps = pl.from_arrow(link_result.capabilities)
+    assert isinstance(mem, pl.DataFrame) and isinstance(caps, pl.DataFrame)
+    if mem.height and caps.height:
+        per = (
+            mem.join(caps, on="account_id")
+            .group_by(["cluster_id", "capability"])
+            .agg(n=pl.col("n").sum())
+        )
+        for row in per.iter_rows(named=True):
+            cap_counts.setdefault(row["cluster_id"], {})[row["capability"]] = int(row["n"])
+    out = []
+    for cid in sorted(by_cluster):
+        idx = by_cluster[cid]
+        if max(int(ranks[i]) for i in idx) < Action.THROTTLE.rank:
+            continue
+        f = feats.get(cid, {})
+        counts = cap_counts.get(cid, {})
+        total = sum(counts.values())
+        targets = (
+            [
+                {"capability": c, "share": _r(n / total, 4)}
+                for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            ]
+            if total
+            else []
+        )
+        first_ts = f.get("first_ts")
+        last_ts = f.get("last_ts")
+        out.append(
+            {
+                "id": cid,
+                "members": sorted(accounts["account_id"][i].as_py() for i in idx),
+                "n_accounts": len(idx),
+                "n_exchanges": int(f.get("n_exchanges") or 0),
+                "first_ts": first_ts.isoformat() if first_ts is not None else None,
+                "last_ts": last_ts.isoformat() if last_ts is not None else None,
+                "capability_targets": targets,
+                "shared_indicators": list(link_result.shared.get(cid, [])),
+                "indicator_kind_shares": {
+                    k: _r(float(f.get(f"share_{k}") or 0.0), 4) for k in EDGE_KINDS
+                },
+                "cluster_detectors": det_by_cluster.get(cid, {}),
+                "confidence": _r(float(np.median(scores[idx])), 4),
+                "actions": {
+                    a.value: int(sum(1 for i in idx if int(ranks[i]) == a.rank))
+                    for a in ACTIONS_BY_RANK
+                },
+            }
+        )
+    return out
+
+
+def _report(
+    verdicts: Sequence[Verdict], campaigns: Sequence[Mapping[str, Any]], run: Mapping[str, Any]
+) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(c['id'])}</td><td>{c['n_accounts']}</td><td>{c['n_exchanges']}</td>"
+        f"<td>{esc(str(c['first_ts']))} – {esc(str(c['last_ts']))}</td>"
+        f"<td>{esc(', '.join(t['capability'] for t in c['capability_targets']))}</td>"
+        f"<td>{esc(', '.join(sorted({i['kind'] for i in c['shared_indicators']})))}</td>"
+        f"<td>{c['confidence']}</td></tr>"
+        for c in campaigns
+    )
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        for r in v.reasons:
+            counts[r.signal] = counts.get(r.signal, 0) + 1
+    reason_rows = "".join(
+        f"<tr><td>{esc(k)}</td><td>{n}</td></tr>"
+        for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:15]
+    )
+    actions: dict[str, int] = {}
+    for v in verdicts:
+        actions[v.action.value] = actions.get(v.action.value, 0) + 1
+    action_rows = "".join(
+        f"<tr><td>{esc(a)}</td><td>{actions.get(a, 0)}</td></tr>"
+        for a in (x.value for x in ACTIONS_BY_RANK[1:])
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>distillguard detect</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+        "<h1>distillguard detection report</h1>"
+        f"<p>config {esc(str(run['config_hash'])[:16])} · {len(campaigns)} campaign(s) · "
+        f"{len(verdicts)} account(s) above allow</p>"
+        f"<h2>Actions</h2><table><tr><th>action</th><th>accounts</th></tr>{action_rows}</table>"
+        "<h2>Campaigns</h2><table><tr><th>id</th><th>accounts</th><th>exchanges</th><th>span</th>"
+        f"<th>capabilities</th><th>shared indicators</th><th>confidence</th></tr>{rows}</table>"
+        f"<h2>Top reasons</h2><table><tr><th>signal</th><th>accounts</th></tr>{reason_rows}</table>"
+        "</body></html>\n"
+    )
+
+
+def detect_tables(
+    signals: pa.Table | pads.Dataset,
+    accounts: pa.Table | None,
+    features: pa.Table,
+    config: Mapping[str, Any],
+    digests: Mapping[str, str] | None = None,
+    detectors_ran: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> DetectResult:
+    """Linking → scoring → outputs over already computed signals and account features."""
+    engine = EmbeddedEngine()
+    sig_names = signals.schema.names
+    sig_in = (
+        signals.select([c for c in _SIGNAL_COLS if c in sig_names])
+        if isinstance(signals, pa.Table)
+        else signals
+    )
+    sig_t = engine.table("signals", sig_in)
+    ids = features["account_id"].cast(pa.string())
+    acc_t = engine.table("accounts", _ensure_accounts(accounts, ids))
+    task = progress.add_task("linking accounts", total=None) if progress else None
+    link_result = link(engine, sig_t, acc_t, config)
+    if progress and task is not None:
+        progress.update(
+            task,
+            description=f"linked: {link_result.membership.num_rows} accounts in clusters",
+            total=1,
+            completed=1,
+        )
+        task = progress.add_task("scoring", total=None)
+    cluster_dets = [
+        CLUSTER_DETECTORS[k]().score(link_result.features) for k in sorted(CLUSTER_DETECTORS)
+    ]
+    scored = score_accounts(features, link_result.membership, cluster_dets, config)
+    policy = Policy.from_config(config)
+    ranks = policy.decide(scored)
+    scfg = config["scoring"]
+    acted = [i for i in range(len(ranks)) if ranks[i] > 0]
+    acc_ids = scored.accounts["account_id"].to_pylist()
+    samples = _sample_ids(
+        engine, sig_t, [acc_ids[i] for i in acted], int(scfg["sample_request_ids"])
+    )
+    verdicts = []
+    scores = scored.accounts["score"].to_pylist()
+    clusters = scored.accounts["cluster_id"].to_pylist()
+    for i in acted:
+        reasons = _reasons(
+            scored,
+            i,
+            samples.get(acc_ids[i], []),
+            float(scfg["min_reason_contribution"]),
+            int(scfg["max_reasons"]),
+        )
+        action = ACTIONS_BY_RANK[int(ranks[i])]
+        if not reasons:  # nothing checkable: the contract forbids an unexplained action
+            continue
+        verdicts.append(
+            Verdict(acc_ids[i], action, float(_r(scores[i]) or 0.0), clusters[i], reasons)
+        )
+    campaigns = _campaigns(link_result, scored, ranks, cluster_dets)
+    ran = dict(detectors_ran or {})
+    ran.update({f"edge.{k}": EDGE_DETECTOR_VERSION for k in EDGE_KINDS})
+    ran.update({d.detector.id: d.detector.version for d in cluster_dets})
+    ran["scoring"] = SCORING_VERSION
+    run = {
+        "detectors": dict(sorted(ran.items())),
+        "config_hash": config_hash(config),
+        "input_digests": dict(sorted((digests or {}).items())),
+        "n_accounts": len(acc_ids),
+        "n_clusters": len({c for c in clusters if c is not None}),
+        "baseline_cohort": scored.baseline.n_fit_,
+    }
+    if progress and task is not None:
+        progress.update(task, total=1, completed=1)
+    doc = {"campaigns": campaigns, "run": run}
+    return DetectResult(tuple(verdicts), doc, _report(verdicts, campaigns, run))
+
+
+def write_outputs(result: DetectResult, outdir: str | Path) -> None:
+    """verdicts.jsonl, campaigns.json, report.html — each atomically, byte-identical per input."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = "".join(
+        json.dumps(v.to_json(), sort_keys=True, separators=(",", ":")) + "\n"
+        for v in sorted(result.verdicts, key=lambda v: v.account_id)
+    )
+    write_text_atomic(out / "verdicts.jsonl", lines)
+    write_text_atomic(
+        out / "campaigns.json", json.dumps(result.campaigns, sort_keys=True, indent=1) + "\n"
+    )
+    write_text_atomic(out / "report.html", result.report_html)
+
+
+def run_detect(logdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
+    """The whole chain on a log directory, with rich progress on stderr."""
+    from distillguard.features import compute_account_features
+    from distillguard.ingest import load_log
+    from distillguard.signals import compute_exchange_signals
+
+    with Progress(transient=False) as progress:
+        t = progress.add_task("loading log", total=None)
+        log = load_log(Path(logdir), config)
+        progress.update(t, total=1, completed=1)
+        t = progress.add_task("per-exchange signals", total=None)
+        signals = compute_exchange_signals(log, config)
+        progress.update(t, total=1, completed=1)
+        t = progress.add_task("per-account features", total=None)
+        features = compute_account_features(signals, log.accounts, config)
+        progress.update(t, total=1, completed=1)
+        feature_table = features if isinstance(features, pa.Table) else features.table
+        digests = dict(getattr(log, "digests", {}) or {})
+        return detect_tables(
+            signals, log.accounts, feature_table, config, digests, progress=progress
+        )
+
+
+def detect(logdir: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
+    """``distillguard detect``: run the chain and write its outputs."""
+    result = run_detect(logdir, config)
+    write_outputs(result, outdir)
+    return result

@@ -1,0 +1,74 @@
+"""Communities: planted groups recovered, benign look-alikes left out, labels invariant to renaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distillguard.linking import LinkResult
+from distillguard.linking.communities import find_clusters
+from distillguard.linking.edges import EDGE_KINDS
+
+from .conftest import small_world_config
+
+
+def test_planted_hydras_are_separate_pure_clusters(linked: LinkResult) -> None:
+    groups: dict[str, set[str]] = {}
+    for row in linked.membership.to_pylist():
+        groups.setdefault(row["cluster_id"], set()).add(row["account_id"].split("-")[0])
+    assert sorted(tuple(sorted(g)) for g in groups.values()) == [("hyb",), ("hydra",)]
+    assert linked.membership.num_rows == 42
+
+
+def _edges(pairs: list[tuple[str, str, float]]) -> pa.Table:
+    cols: dict[str, list[object]] = {
+        "account_a": [min(a, b) for a, b, _ in pairs],
+        "account_b": [max(a, b) for a, b, _ in pairs],
+        "weight": [w for _, _, w in pairs],
+        "n_kinds": [1] * len(pairs),
+    }
+    for k in EDGE_KINDS:
+        cols[f"w_{k}"] = [0.0] * len(pairs)
+    return pa.table(cols)
+
+
+def _partition(membership: pa.Table, rename: dict[str, str] | None = None) -> set[frozenset[str]]:
+    groups: dict[str, set[str]] = {}
+    for row in membership.to_pylist():
+        name = row["account_id"] if rename is None else rename[row["account_id"]]
+        groups.setdefault(row["cluster_id"], set()).add(name)
+    return {frozenset(g) for g in groups.values()}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 20), min_size=1, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_relabelling_accounts_gives_same_clusters(sizes: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[str, str, float]] = []
+    names: list[str] = []
+    offset = 0
+    for size in sizes:
+        members = [f"a{offset + i}" for i in range(size)]
+        names += members
+        offset += size
+        for i in range(size):
+            for j in range(i + 1, size):
+                if rng.random() < 0.8:
+                    pairs.append((members[i], members[j], float(rng.uniform(2.5, 5.0))))
+        if len(names) > size:  # a weak bridge to the previous group must not merge them
+            pairs.append((names[0], members[0], 2.1))
+    if not pairs:
+        return
+    config = small_world_config()
+    base = _partition(find_clusters(_edges(pairs), config))
+    perm = rng.permutation(len(names))
+    rename = {n: f"z{perm[i]:04d}" for i, n in enumerate(names)}
+    back = {v: k for k, v in rename.items()}
+    relabelled = [(rename[a], rename[b], w) for a, b, w in pairs]
+    again = _partition(find_clusters(_edges(relabelled), config), back)
+    assert again == base

@@ -1,0 +1,107 @@
+"""Edge detectors: positives (hydra proxy cycling, shared cards, scaffolds) and near-miss negatives."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+
+from distillguard.engines.embedded import EmbeddedEngine
+from distillguard.linking import LinkResult
+from distillguard.linking.edges import edge_expressions
+
+from .conftest import small_world_config
+from .synth import DAY, T0, Synth, add_background, add_hydra
+
+
+def _group_edges(edges: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(edges)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(
+        ga=pl.col("account_a").str.split("-").list.first(),
+        gb=pl.col("account_b").str.split("-").list.first(),
+    )
+
+
+def _within(df: pl.DataFrame, group: str) -> pl.DataFrame:
+    return df.filter((pl.col("ga") == group) & (pl.col("gb") == group))
+
+
+def test_residential_proxy_cycling_links_unrelated_accounts(linked: LinkResult) -> None:
+    hydra = _within(_group_edges(linked.edges), "hydra")
+    pairs = 30 * 29 // 2
+    assert hydra.height == pairs
+    assert hydra["w_ip"].mean() > 0.8
+    assert hydra["weight"].min() >= small_world_config()["linking"]["graph"]["min_edge_weight"]
+
+
+def test_campus_nat_with_one_email_domain_is_weak(linked: LinkResult) -> None:
+    campus = _within(_group_edges(linked.edges), "campus")
+    assert campus.height > 0  # the sharing is seen ...
+    threshold = small_world_config()["linking"]["graph"]["min_edge_weight"]
+    assert campus["weight"].max() < threshold / 4  # ... and explained away
+    assert campus["w_synchrony"].max() == 0.0
+
+
+def test_corporate_egress_and_vpn_exit_give_no_strong_edge(linked: LinkResult) -> None:
+    df = _group_edges(linked.edges)
+    threshold = small_world_config()["linking"]["graph"]["min_edge_weight"]
+    for group in ("corp", "vpn"):
+        assert _within(df, group)["weight"].max() < threshold / 2, group
+
+
+def test_saas_constant_system_prompt_template_is_not_a_link(linked: LinkResult) -> None:
+    saas = _within(_group_edges(linked.edges), "saas")
+    assert saas.height == 0 or saas["w_template"].max() == 0.0
+
+
+def test_benign_background_never_links_to_hydra(linked: LinkResult) -> None:
+    df = _group_edges(linked.edges)
+    mixed = df.filter((pl.col("ga") != pl.col("gb")) & (pl.col("weight") >= 1.0))
+    assert mixed.height == 0
+
+
+def test_shared_payment_fingerprint_links_and_rarity_matters() -> None:
+    s = Synth(5)
+    add_background(s, n=40)
+    for i in range(3):
+        s.account(f"card-{i}", T0 - 50 * DAY, f"d{i}.example", "pf-shared", f"9.9.{i}.1")
+        s.exchange(f"card-{i}", T0 + i * 1000, f"5.5.{i}.5", "residential")
+    sig, acc = s.tables()
+    engine = EmbeddedEngine()
+    edges_expr, _ = edge_expressions(
+        engine.table("s", sig), engine.table("a", acc), small_world_config()
+    )
+    edges = _group_edges(engine.to_arrow(edges_expr))
+    card = _within(edges, "card")
+    assert card.height == 3
+    assert card["w_payment"].min() > 2.0
+    assert edges.filter(pl.col("ga") == "benign")["w_payment"].sum() == 0.0
+
+
+def test_signup_wave_from_related_ips() -> None:
+    s = Synth(6)
+    add_background(s, n=40)
+    ids = add_hydra(s, n=8, pool=400, prefix="wave")  # big pool: few IP collisions
+    sig, acc = s.tables()
+    engine = EmbeddedEngine()
+    edges_expr, _ = edge_expressions(
+        engine.table("s", sig), engine.table("a", acc), small_world_config()
+    )
+    wave = _within(_group_edges(engine.to_arrow(edges_expr)), "wave")
+    assert wave.height == len(ids) * (len(ids) - 1) // 2
+    assert wave["w_signup_wave"].min() > 0.0
+
+
+def test_edges_are_deterministic_and_row_order_free(world: tuple[pa.Table, pa.Table]) -> None:
+    sig, acc = world
+    config = small_world_config()
+    outs = []
+    for table in (sig, sig.take(pa.array(list(range(sig.num_rows))[::-1]))):
+        engine = EmbeddedEngine()
+        e, _ = edge_expressions(engine.table("s", table), engine.table("a", acc), config)
+        outs.append(engine.to_arrow(e))
+    assert outs[0].num_rows == outs[1].num_rows
+    a, b = (pl.from_arrow(o) for o in outs)
+    assert isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame)
+    diff = (a["weight"] - b["weight"]).abs().max()
+    assert isinstance(diff, float) and diff < 1e-9

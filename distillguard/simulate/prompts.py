@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from distillguard.core.corpora import load_prompts
+from distillguard.signals.capability import in_train_split
 
 MAX_PROMPT_CHARS: Final = 400  # keep files small; providers truncate too
 
@@ -37,6 +38,9 @@ class Corpus:
 
     def __init__(self) -> None:
         table = load_prompts()
+        # Only the half the capability classifier never trains on, so detection quality is
+        # measured on prompts it has not seen.
+        table = table.filter(pa.array(~in_train_split(table["text"])))
         self.by_cap: dict[str, list[str]] = {}
         self.answers: list[tuple[str, str]] = []
         caps = table["capability"].to_pylist()

@@ -1,0 +1,220 @@
+"""Per-account and per-end-user aggregates of the signals table, written once as Ibis expressions (DuckDB here, Spark later).
+
+Columns of :func:`compute_account_features` (keyed by ``account_id``) and of
+:func:`compute_end_user_features` (keyed by ``account_id, end_user_id``; rows without
+an end user are grouped under a null ``end_user_id``):
+
+- volume: ``n_exchanges``, ``n_content`` (exchanges with a prompt), ``active_days``,
+  ``exchanges_per_active_day``, ``first_ts``, ``last_ts``
+- what is asked: ``top_capability``, ``top_capability_share``, ``capability_entropy``
+  (bits), ``capability_entropy_norm`` (/ log2 of the number of classes), ``n_capabilities``,
+  ``reasoning_share``, ``grader_share``, ``rewrite_share`` (share of content exchanges whose
+  score >= ``features.signal_threshold``), ``mean_reasoning``
+- templates: ``top_template_id``, ``top_template_share``, ``n_templates``
+- tokens: ``out_in_ratio`` (sum out / sum in), ``thinking_share``
+- timing: ``interarrival_cv`` (std / mean of gaps, null under 3 exchanges), ``hour_entropy_norm``
+  (entropy over 24 UTC hours / log2 24), ``active_hours``, ``night_share`` (UTC hours in
+  ``features.night_hours``)
+- account: ``account_age_days`` (first exchange - created_at), ``verification_level``
+  (0 none .. 4 kyc, null unknown)
+- network: ``n_ips``, ``ip_churn`` (distinct IPs / exchanges), ``n_prefixes``, ``n_asns``,
+  ``share_<kind>`` for each network kind (plus ``share_anonymising`` = vpn + proxy + tor)
+- aliases for scoring: ``capability_top_share``, ``template_top_share``, ``hour_entropy``
+  (= the normalised one), ``timing_regularity`` = 1 / (1 + interarrival_cv)
+- other: ``n_end_users``, ``n_models``, ``n_user_agents``, ``newest_model_share`` (share on the
+  model first seen last in the input)
+
+Shares over content are null for an account without content (abstain, not zero).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from distillguard.core.schema import ACCOUNT_SCHEMA, VERIFICATION_LEVELS, NetworkKind
+
+KINDS: Final = tuple(k.value for k in NetworkKind)
+ANONYMISING: Final = ("vpn", "proxy", "tor")
+
+
+def _settings(config: Mapping[str, Any]) -> tuple[float, tuple[int, int]]:
+    section = config.get("features") or {}
+    threshold = float(section.get("signal_threshold", 0.5))
+    night = section.get("night_hours", [0, 6])
+    return threshold, (int(night[0]), int(night[1]))
+
+
+def connect() -> ibis.BaseBackend:
+    """An embedded DuckDB backend for the feature queries."""
+    return ibis.duckdb.connect()
+
+
+def _table(con: ibis.BaseBackend, data: pa.Table | ds.Dataset, name: str) -> ir.Table:
+    if isinstance(data, ds.FileSystemDataset) and data.files:
+        return con.read_parquet(list(data.files), table_name=name)  # type: ignore[attr-defined]
+    table = data.to_table() if isinstance(data, ds.Dataset) else data
+    return con.create_table(name, table, overwrite=True)  # type: ignore[attr-defined]
+
+
+def _entropy(counts: ir.Table, keys: Sequence[str], by: str, total: str) -> ir.Table:
+    """Shannon entropy (bits) and top value per key from per-(key, by) counts ``n`` and key totals."""
+    p = counts.n.cast("float64") / counts[total].cast("float64")
+    rank = ibis.row_number().over(ibis.window(group_by=list(keys), order_by=[ibis.desc("n"), by]))
+    with_p = counts.mutate(term=-(p * p.log2()), p=p, rank=rank)
+    agg = with_p.group_by(list(keys)).aggregate(
+        entropy=with_p.term.sum(),
+        n_values=with_p.count(),
+        top_value=with_p[by].arbitrary(where=with_p["rank"] == 0),
+        top_share=with_p.p.max(),
+    )
+    return agg
+
+
+def feature_expr(
+    signals: ir.Table, accounts: ir.Table | None, keys: Sequence[str], config: Mapping[str, Any]
+) -> ir.Table:
+    """The feature table for ``keys`` as one Ibis expression (no execution)."""
+    threshold, (night_lo, night_hi) = _settings(config)
+    keys = list(keys)
+    s = signals.mutate(
+        sec=signals.ts.epoch_seconds().cast("float64"),
+        hour=signals.ts.hour(),
+        day=signals.ts.date(),
+    )
+    gaps = s.mutate(
+        gap=s.sec - s.sec.lag().over(ibis.window(group_by=keys, order_by=[s.ts, s.request_id]))
+    )
+    content = s.has_content
+    newest = (
+        s.group_by("model").aggregate(first=s.ts.min()).order_by([ibis.desc("first"), "model"]).limit(1)
+    )
+    newest_model = newest.model.as_scalar()
+
+    def share(cond: ir.BooleanValue) -> ir.FloatingValue:
+        hits = cond.ifelse(1, 0).sum().cast("float64")
+        return hits / s.count().cast("float64")
+
+    def content_share(column: str) -> ir.FloatingValue:
+        # Denominator counts scored rows only: a missing signal abstains (null), never reads as 0.
+        scored = content & s[column].notnull()
+        hits = (s[column] >= threshold).ifelse(1, 0).sum(where=scored).cast("float64")
+        n = scored.ifelse(1, 0).sum().cast("float64")
+        return ibis.ifelse(n > 0, hits / n, ibis.null("float64"))
+
+    base = s.group_by(keys).aggregate(
+        n_exchanges=s.count(),
+        n_content=content.ifelse(1, 0).sum(),
+        active_days=s.day.nunique(),
+        active_hours=s.hour.nunique(),
+        first_ts=s.ts.min(),
+        last_ts=s.ts.max(),
+        reasoning_share=content_share("reasoning_elicitation"),
+        grader_share=content_share("grader_use"),
+        rewrite_share=content_share("rewrite_request"),
+        mean_reasoning=s.reasoning_elicitation.mean(),
+        out_in_ratio=s.output_tokens.sum().cast("float64") / ibis.greatest(s.input_tokens.sum(), 1).cast("float64"),
+        thinking_share=share(s.thinking.fill_null(False)),
+        night_share=share((s.hour >= night_lo) & (s.hour < night_hi)),
+        n_ips=s.client_ip.nunique(),
+        n_prefixes=s.ip_prefix.nunique(),
+        n_asns=s.asn.nunique(),
+        n_end_users=s.end_user_id.nunique(),
+        n_models=s.model.nunique(),
+        n_user_agents=s.user_agent.nunique(),
+        newest_model_share=share(s.model == newest_model),
+        share_anonymising=share(s.network_kind.isin(ANONYMISING)),
+        **{f"share_{k}": share(s.network_kind == k) for k in KINDS},
+    )
+    base = base.mutate(
+        exchanges_per_active_day=base.n_exchanges.cast("float64") / base.active_days.cast("float64"),
+        ip_churn=base.n_ips.cast("float64") / base.n_exchanges.cast("float64"),
+    )
+    timing = gaps.group_by(keys).aggregate(gap_mean=gaps.gap.mean(), gap_std=gaps.gap.std(how="pop"), n_gaps=gaps.gap.count())
+    timing = timing.mutate(
+        interarrival_cv=ibis.ifelse(
+            (timing.n_gaps >= 2) & (timing.gap_mean > 0), timing.gap_std / timing.gap_mean, ibis.null("float64")
+        )
+    ).select(*keys, "interarrival_cv")
+
+    totals = s.group_by(keys).aggregate(total=s.count())
+    hours = s.group_by([*keys, "hour"]).aggregate(n=s.count()).join(totals, keys)
+    hour_h = _entropy(hours, keys, "hour", "total").mutate(
+        hour_entropy_norm=lambda t: t.entropy / math.log2(24)
+    ).select(*keys, "hour_entropy_norm")
+
+    cs = s.filter(content & s.capability.notnull())
+    ctot = cs.group_by(keys).aggregate(total=cs.count())
+    caps = cs.group_by([*keys, "capability"]).aggregate(n=cs.count()).join(ctot, keys)
+    cap_h = _entropy(caps, keys, "capability", "total")
+    cap_h = cap_h.select(
+        *keys,
+        top_capability=cap_h.top_value,
+        top_capability_share=cap_h.top_share,
+        capability_entropy=cap_h.entropy,
+        capability_entropy_norm=cap_h.entropy / math.log2(12),
+        n_capabilities=cap_h.n_values,
+    )
+
+    ts_ = s.filter(s.template_id.notnull())
+    ttot = ts_.group_by(keys).aggregate(total=ts_.count())
+    tpl = ts_.group_by([*keys, "template_id"]).aggregate(n=ts_.count()).join(ttot, keys)
+    tpl_h = _entropy(tpl, keys, "template_id", "total")
+    tpl_h = tpl_h.select(*keys, top_template_id=tpl_h.top_value, top_template_share=tpl_h.top_share, n_templates=tpl_h.n_values)
+
+    out = base
+    for part in (timing, hour_h, cap_h, tpl_h):
+        out = out.left_join(part, keys).drop(*[f"{k}_right" for k in keys])
+    if accounts is not None:
+        level = ibis.cases(*((accounts.verification == v, i) for i, v in enumerate(VERIFICATION_LEVELS)), else_=ibis.null("int64"))
+        acc = accounts.select(account_id=accounts.account_id, created_at=accounts.created_at, verification_level=level.cast("int64"))
+        out = out.left_join(acc, "account_id").drop("account_id_right")
+        age = (out.first_ts.epoch_seconds().cast("float64") - out.created_at.epoch_seconds().cast("float64")) / 86400.0
+        out = out.mutate(account_age_days=age).drop("created_at")
+    else:
+        out = out.mutate(account_age_days=ibis.null("float64"), verification_level=ibis.null("int64"))
+    # Aliases under the names the scoring configuration uses (scoring.account_signals).
+    out = out.mutate(
+        capability_top_share=out.top_capability_share,
+        template_top_share=out.top_template_share,
+        hour_entropy=out.hour_entropy_norm,
+        timing_regularity=1.0 / (1.0 + out.interarrival_cv),
+    )
+    return out.order_by(keys)
+
+
+def _run(
+    signals: pa.Table | ds.Dataset, accounts: pa.Table | None, keys: Sequence[str], config: Mapping[str, Any]
+) -> pa.Table:
+    con = connect()
+    sig = _table(con, signals, "signals")
+    acc = None
+    if accounts is not None:
+        present = [c for c in ("account_id", "created_at", "verification") if c in accounts.column_names]
+        table = accounts.select(present)
+        for name in ("created_at", "verification"):
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, ACCOUNT_SCHEMA.field(name).type))
+        acc = _table(con, table, "accounts")
+    result: pa.Table = con.to_pyarrow(feature_expr(sig, acc, keys, config))  # type: ignore[attr-defined]
+    return result
+
+
+def compute_account_features(
+    signals: pa.Table | ds.Dataset, accounts: pa.Table | None, config: Mapping[str, Any]
+) -> pa.Table:
+    """One row per account (see module docstring for the columns), sorted by ``account_id``."""
+    return _run(signals, accounts, ["account_id"], config)
+
+
+def compute_end_user_features(
+    signals: pa.Table | ds.Dataset, accounts: pa.Table | None, config: Mapping[str, Any]
+) -> pa.Table:
+    """One row per (account_id, end_user_id) — for resellers and SaaS accounts with many end users."""
+    return _run(signals, accounts, ["account_id", "end_user_id"], config)

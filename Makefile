@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORPORA := .cache/corpora/.complete
+SYSDEPS := .cache/.sysdeps
+DEMO := out/demo
 
 .PHONY: setup demo test lint typecheck bench clean
 
@@ -16,10 +18,18 @@ $(STAMP): pyproject.toml
 $(CORPORA): $(STAMP)
 	$(BIN)/python -m distillguard.core.corpora fetch
 
-setup: $(STAMP) $(CORPORA)
+$(SYSDEPS): scripts/install_system_deps.sh
+	bash scripts/install_system_deps.sh
+	mkdir -p .cache && touch $(SYSDEPS)
 
+setup: $(STAMP) $(CORPORA) $(SYSDEPS)
+
+# The main job on the embedded default: simulate a labelled small scenario, detect, evaluate.
 demo: setup
-	$(BIN)/distillguard validate ../shared/spec/example-log
+	$(BIN)/distillguard simulate --scenario default --scale small --seed 2026 --out $(DEMO)/log
+	$(BIN)/distillguard validate $(DEMO)/log
+	$(BIN)/distillguard detect $(DEMO)/log --out $(DEMO)/results
+	$(BIN)/distillguard evaluate $(DEMO)/log $(DEMO)/results
 
 lint: setup
 	$(BIN)/ruff check distillguard tests bench

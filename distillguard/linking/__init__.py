@@ -9,7 +9,7 @@ from typing import Any
 import ibis.expr.types as ir
 import pyarrow as pa
 
-from distillguard.engines.embedded import EmbeddedEngine
+from distillguard.core.engine import Engine
 from distillguard.linking.clusters import (
     CLUSTER_DETECTORS,
     account_activity_expr,
@@ -36,7 +36,7 @@ class LinkResult:
 
 
 def link(
-    engine: EmbeddedEngine, signals: ir.Table, accounts: ir.Table, config: Mapping[str, Any]
+    engine: Engine, signals: ir.Table, accounts: ir.Table, config: Mapping[str, Any]
 ) -> LinkResult:
     """Build edges (relational, on ``engine``), find communities, compute cluster features."""
     edges_expr, ind_expr = edge_expressions(signals, accounts, config)

@@ -1,0 +1,173 @@
+"""Decision-service latency and throughput on loopback under a bounded load, memory and Redis backends.
+
+Starts ``distillguard serve`` (one uvicorn process) and drives ``POST /v1/check`` at a fixed
+request rate from a client process with keep-alive connections (threads); reports p50/p99 latency and
+achieved throughput. Also floods the in-process enforcer with new account ids and reports the
+peak resident memory (bounded-memory check).
+
+    .venv/bin/python bench/bench_service.py --rate 2000 --seconds 10 [--redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("service did not start")
+
+
+def _worker(args: tuple[str, float, float, int, int, int]) -> tuple[list[float], int]:
+    """One client thread: a keep-alive connection sending on a fixed schedule (rate per thread)."""
+    host_port, rate, seconds, accounts, offset, stride = args
+    host, port = host_port.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    latencies: list[float] = []
+    errors = 0
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    for k in range(total):
+        i = offset + k * stride
+        delay = start + k / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        body = json.dumps({"request_id": f"b{i}", "account_id": f"acct-{i % accounts}",
+                           "client_ip": f"198.51.{i % 200}.{i % 250}", "model": "m-1", "input_tokens": 30,
+                           "user_agent": "bench/1",
+                           "account": {"payment_fingerprint": f"card-{i % accounts}", "email_domain": "example.com"}})  # fmt: skip
+        t = time.perf_counter()
+        conn.request("POST", "/v1/check", body, {"content-type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        latencies.append(time.perf_counter() - t)
+        if resp.status != 200:
+            errors += 1
+    return latencies, errors
+
+
+def _load(url: str, rate: float, seconds: float, accounts: int, clients: int = 8) -> tuple[np.ndarray, float, int]:
+    """Bounded load from ``clients`` threads in a separate process pool, each paced at rate/clients."""
+    host_port = url.removeprefix("http://")
+    jobs = [(host_port, rate / clients, seconds, accounts, c, clients) for c in range(clients)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(_worker, jobs))
+    elapsed = time.perf_counter() - start
+    lat = np.array([x for r in results for x in r[0]])
+    return lat, lat.size / elapsed, sum(r[1] for r in results)
+
+
+def _server_side(url: str) -> dict[str, float]:
+    """p50/p99 of the in-service decision time from the /metrics histogram (bucket upper bounds)."""
+    text = httpx.get(url + "/metrics").text
+    buckets = [(float(line.split('le="')[1].split('"')[0].replace("+Inf", "inf")), int(line.rsplit(" ", 1)[1]))
+               for line in text.splitlines() if line.startswith("distillguard_check_seconds_bucket")]  # fmt: skip
+    total = buckets[-1][1] or 1
+    out = {}
+    for q in (0.5, 0.99):
+        out[f"server_p{int(q * 100)}_le_ms"] = next(b for b, c in buckets if c >= q * total) * 1000
+    return out
+
+
+def run(backend: str, rate: float, seconds: float, accounts: int) -> dict[str, object]:
+    port = _port()
+    tmp = Path(tempfile.mkdtemp())
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text("enforce:\n  online:\n    capability_model: false\n  limits:\n    account:\n      allow: 100000/minute\n      monitor: 100000/minute\n")
+    cmd = [sys.executable, "-m", "distillguard", "serve", "-c", str(cfg), "--port", str(port), "--insecure-no-auth", "--backend", backend]
+    redis_proc = None
+    if backend == "redis":
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server not installed: run scripts/install_system_deps.sh")
+        rport = _port()
+        redis_proc = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", ""],
+                                      stdout=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(0.5)
+        cmd += ["--redis-url", f"redis://127.0.0.1:{rport}/0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url)
+        _load(url, 200, 2, accounts)  # warm-up
+        lat, achieved, errors = _load(url, rate, seconds, accounts)
+        result: dict[str, object] = {
+            "backend": backend, "target_rps": rate, "achieved_rps": round(achieved, 1), "requests": int(lat.size),
+            "errors": errors, "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 3),
+            "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3),
+        }  # fmt: skip
+        result.update(_server_side(url))
+        return result
+    finally:
+        proc.terminate()
+        proc.wait()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+
+def flood(n: int) -> dict[str, object]:
+    """Feed ``n`` new account ids through the in-process enforcer; report peak RSS and what is held."""
+    from distillguard.core.config import load_config
+    from distillguard.enforce.online import build_enforcer
+
+    cfg = load_config()
+    enforcer = build_enforcer(cfg, with_limits=False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    batch = 10_000
+    for s in range(0, n, batch):
+        rows = [{"request_id": f"f{i}", "account_id": f"flood-{i}", "client_ip": f"10.{i % 250}.{(i // 250) % 250}.{i % 199}",
+                 "model": "m", "ts": 1_750_000_000_000 + i} for i in range(s, min(n, s + batch))]  # fmt: skip
+        enforcer.process(rows, limits=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"flood_accounts": n, "seconds": round(time.perf_counter() - start, 1), "rss_before_mb": round(before / 1024),
+            "peak_rss_mb": round(peak / 1024), "held": enforcer.backend.size(),
+            "max_accounts": enforcer.settings.max_accounts}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--accounts", type=int, default=5000)
+    parser.add_argument("--redis", action="store_true", help="also run the Redis backend")
+    parser.add_argument("--flood", type=int, default=0, help="new account ids for the memory flood (e.g. 1000000)")
+    args = parser.parse_args()
+    results = [run("memory", args.rate, args.seconds, args.accounts)]
+    if args.redis:
+        results.append(run("redis", args.rate, args.seconds, args.accounts))
+    if args.flood:
+        results.append(flood(args.flood))
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

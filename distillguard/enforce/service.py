@@ -1,0 +1,330 @@
+"""The HTTP decision service (FastAPI): check, record, account state, health, Prometheus metrics, OpenAPI.
+
+Requests are authenticated with a bearer key from configuration (constant-time comparison) and
+bounded in size before they are read; malformed or oversized requests get a 4xx with a clear
+JSON error and never touch the state. Content signals (classifier, templates) are computed off
+the request path: prompts are queued and folded into the state in micro-batches by a worker
+thread, so a check costs a state update and a score, not a model call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import polars as pl
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from distillguard.core.verdict import ACTIONS
+from distillguard.enforce.online import (
+    LATENCY_BUCKETS,
+    AccountMeta,
+    ContentSignals,
+    Enforcer,
+    exchange_table,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AccountIn(BaseModel):
+    """Account facts the caller may attach (contract ``accounts`` columns)."""
+
+    model_config = ConfigDict(extra="forbid")
+    payment_fingerprint: str | None = Field(None, max_length=256)
+    email_domain: str | None = Field(None, max_length=256)
+    created_at: int | str | None = None
+    verification: str | None = Field(None, pattern="^(none|email|phone|card|kyc)$")
+
+
+class CheckIn(BaseModel):
+    """One exchange as it arrives (contract exchange fields; ``prompt`` optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(..., min_length=1, max_length=256)
+    account_id: str = Field(..., min_length=1, max_length=256)
+    client_ip: str = Field(..., min_length=2, max_length=64)
+    model: str = Field(..., min_length=1, max_length=256)
+    ts: int | str | None = Field(None, description="RFC 3339 or epoch ms; default: now")
+    prompt: str | None = None
+    input_tokens: int = Field(0, ge=0)
+    api_key_id: str | None = Field(None, max_length=256)
+    end_user_id: str | None = Field(None, max_length=256)
+    user_agent: str | None = Field(None, max_length=512)
+    system_prompt_sha256: str | None = Field(None, max_length=128)
+    messages_count: int | None = Field(None, ge=0)
+    tools_count: int | None = Field(None, ge=0)
+    thinking: bool | None = None
+    account: AccountIn | None = None
+
+
+class CheckOut(BaseModel):
+    """The decision: act on ``action``; do not serve while ``retry_after`` is set."""
+
+    request_id: str
+    account_id: str
+    action: str = Field(..., description=f"one of {', '.join(ACTIONS)}; challenge = route to step-up verification")
+    score: float
+    cluster_id: str | None
+    reasons: list[dict[str, Any]]
+    retry_after: float | None
+    limited_by: str | None
+
+
+class RecordIn(BaseModel):
+    """A completed exchange: its token counts (and the prompt if the check did not carry it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(..., min_length=1, max_length=256)
+    account_id: str = Field(..., min_length=1, max_length=256)
+    ts: int | str | None = None
+    input_tokens: int | None = Field(None, ge=0)
+    output_tokens: int = Field(..., ge=0)
+    status: int | None = Field(None, ge=100, le=599)
+    latency_ms: int | None = Field(None, ge=0)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before the app reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    await _too_large(send, self.max_bytes)
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, max_bytes: int) -> None:
+    body = f'{{"error":"request_too_large","detail":"body exceeds {max_bytes} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+class ContentWorker:
+    """Folds queued prompts into the state in micro-batches, off the request path."""
+
+    def __init__(self, enforcer: Enforcer, content: ContentSignals, max_batch: int = 512, interval: float = 0.05) -> None:
+        self.enforcer = enforcer
+        self.content = content
+        self.max_batch = max_batch
+        self.interval = interval
+        self.queue: queue.Queue[tuple[dict[str, Any], AccountMeta | None]] = queue.Queue(maxsize=100_000)
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="content-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def submit(self, row: dict[str, Any], meta: AccountMeta | None) -> None:
+        try:
+            self.queue.put_nowait((row, meta))
+        except queue.Full:
+            self.dropped += 1  # bounded memory beats completeness; counted in /metrics
+
+    def drain(self) -> int:
+        """Process everything queued now (tests call this to avoid sleeping)."""
+        items: list[tuple[dict[str, Any], AccountMeta | None]] = []
+        while len(items) < self.max_batch:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        if items:
+            rows = [r for r, _ in items]
+            sig: pl.DataFrame = self.content.compute(exchange_table(rows))
+            self.enforcer.fold_content(rows, [m for _, m in items], sig)
+        return len(items)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.drain() == 0:
+                self._stop.wait(self.interval)
+
+
+def _meta(account: AccountIn | None) -> AccountMeta | None:
+    if account is None:
+        return None
+    from distillguard.enforce.online import _ts_ms
+
+    return AccountMeta(
+        account.payment_fingerprint,
+        account.email_domain,
+        _ts_ms(account.created_at) if account.created_at is not None else None,
+        account.verification,
+    )
+
+
+def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker | None = None) -> Any:
+    """The ASGI app (FastAPI wrapped in the body-size limit). ``api_key`` None disables auth."""
+    settings = enforcer.settings
+    app = FastAPI(
+        title="distillguard decision service",
+        version="1",
+        description="Online enforcement against distillation campaigns (see docs/enforcement.md).",
+    )
+    expected = api_key.encode() if api_key else None
+
+    async def authorise(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+            enforcer.metrics.rejected += 1
+            raise HTTPException(401, detail="missing or wrong bearer key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": "http_error", "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        enforcer.metrics.rejected += 1
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
+
+    @app.post("/v1/check", response_model=CheckOut, dependencies=[Depends(authorise)])
+    async def check(body: CheckIn) -> dict[str, Any]:
+        if body.prompt is not None and len(body.prompt) > settings.max_prompt_chars:
+            enforcer.metrics.rejected += 1
+            raise HTTPException(413, detail=f"prompt exceeds {settings.max_prompt_chars} characters")
+        start = time.perf_counter()
+        row = body.model_dump(exclude={"account"})
+        meta = _meta(body.account)
+        decision = enforcer.process([row], [meta])[0]
+        if worker is not None and body.prompt:
+            worker.submit(row, meta)
+        _observe_latency(enforcer, time.perf_counter() - start)
+        return decision.to_json()
+
+    @app.post("/v1/record", dependencies=[Depends(authorise)])
+    async def record(body: RecordIn) -> dict[str, Any]:
+        enforcer.record(body.account_id, body.ts, body.output_tokens, body.input_tokens)
+        return {"ok": True}
+
+    @app.get("/v1/accounts/{account_id}", dependencies=[Depends(authorise)])
+    def account(account_id: str) -> dict[str, Any]:
+        view = enforcer.account(account_id)
+        if view is None:
+            raise HTTPException(404, detail=f"no state for account {account_id!r}")
+        out = view.to_json()
+        out["action"] = ACTIONS[view.action_rank]
+        return out
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        ok = enforcer.backend.ping()
+        return {"status": "ok" if ok else "degraded", "backend": enforcer.backend.name, "backend_ok": ok,
+                "fail_mode": settings.fail_mode}  # fmt: skip
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> str:
+        return render_metrics(enforcer, worker)
+
+    return BodyLimit(app, settings.max_body_bytes)
+
+
+def _observe_latency(enforcer: Enforcer, seconds: float) -> None:
+    m = enforcer.metrics
+    m.latency_sum += seconds
+    for i, bound in enumerate(LATENCY_BUCKETS):
+        if seconds <= bound:
+            m.latency_buckets[i] += 1
+            break
+
+
+def render_metrics(enforcer: Enforcer, worker: ContentWorker | None = None) -> str:
+    """Prometheus text exposition format (version 0.0.4)."""
+    m = enforcer.metrics
+    lines = [
+        "# HELP distillguard_checks_total Exchanges checked.",
+        "# TYPE distillguard_checks_total counter",
+        f"distillguard_checks_total {m.checks}",
+        "# HELP distillguard_records_total Completed exchanges recorded.",
+        "# TYPE distillguard_records_total counter",
+        f"distillguard_records_total {m.records}",
+        "# HELP distillguard_decisions_total Checks by resulting action.",
+        "# TYPE distillguard_decisions_total counter",
+    ]
+    lines += [f'distillguard_decisions_total{{action="{a}"}} {m.decisions.get(a, 0)}' for a in ACTIONS]
+    lines += ["# HELP distillguard_limited_total Checks refused by a rate limit, by scope.",
+              "# TYPE distillguard_limited_total counter"]  # fmt: skip
+    lines += [f'distillguard_limited_total{{scope="{s}"}} {n}' for s, n in sorted(m.limited.items())]
+    lines += [
+        "# HELP distillguard_state_errors_total Failures reaching the shared state store.",
+        "# TYPE distillguard_state_errors_total counter",
+        f"distillguard_state_errors_total {m.state_errors}",
+        "# HELP distillguard_degraded_checks_total Checks decided on local state (store down, fail open).",
+        "# TYPE distillguard_degraded_checks_total counter",
+        f"distillguard_degraded_checks_total {m.degraded_checks}",
+        "# HELP distillguard_rejected_requests_total Requests refused as unauthorised, malformed or too large.",
+        "# TYPE distillguard_rejected_requests_total counter",
+        f"distillguard_rejected_requests_total {m.rejected}",
+        "# HELP distillguard_content_queue Prompts waiting for content signals.",
+        "# TYPE distillguard_content_queue gauge",
+        f"distillguard_content_queue {worker.queue.qsize() if worker else 0}",
+        "# HELP distillguard_check_seconds Time spent deciding a check.",
+        "# TYPE distillguard_check_seconds histogram",
+    ]
+    cumulative = 0
+    for bound, count in zip(LATENCY_BUCKETS, m.latency_buckets, strict=True):
+        cumulative += count
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        lines.append(f'distillguard_check_seconds_bucket{{le="{le}"}} {cumulative}')
+    lines += [f"distillguard_check_seconds_sum {m.latency_sum:.6f}", f"distillguard_check_seconds_count {cumulative}"]
+    size = (enforcer.backend if enforcer.backend.name == "memory" else enforcer.local).size()
+    lines += ["# HELP distillguard_local_accounts Accounts held in process memory.",
+              "# TYPE distillguard_local_accounts gauge", f"distillguard_local_accounts {size['accounts']}"]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,164 @@
+"""The ``enforce:`` configuration section parsed once into typed, validated settings (fail fast)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from limits import parse
+
+from distillguard.core.errors import ConfigError
+
+SHARING_KINDS = ("payment", "prefix", "template", "user_agent")
+BEHAVIOUR_FEATURES = (
+    "reasoning_mean",
+    "grader_mean",
+    "capability_top_share",
+    "template_top_share",
+    "ip_churn",
+)
+LINK_KINDS = ("payment", "template", "prefix", "ip", "user_agent")
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """One cross-account sharing signal: ``weight * clip(k - k0, 0, cap) / cap``."""
+
+    weight: float
+    k0: int
+    cap: int
+    max_k: int
+    window_minutes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One per-account behaviour signal: ``weight * clip((x - x0) / (1 - x0), 0, 1)``."""
+
+    weight: float
+    x0: float
+
+
+@dataclass(frozen=True)
+class EnforceSettings:
+    """Everything the online path reads from configuration."""
+
+    host: str
+    port: int
+    api_key: str | None
+    max_body_bytes: int
+    max_prompt_chars: int
+    backend: str
+    redis_url: str
+    redis_prefix: str
+    redis_timeout: float
+    fail_mode: str
+    fallback_limit: str
+    redis_retry_seconds: float
+    max_accounts: int
+    max_sketch_keys: int
+    state_ttl_seconds: int
+    hll_precision: int
+    sticky_actions: bool
+    account_limits: Mapping[str, str]
+    cluster_limit: str
+    api_key_limit: str
+    capability_model: bool
+    warmup: int
+    behaviour: Mapping[str, Behaviour]
+    sharing: Mapping[str, Sharing]
+    explained_kinds: frozenset[str]
+    campaigns_dir: Path | None
+    campaigns_reload_seconds: float
+    member_weight: float
+    link_weights: Mapping[str, float]
+    min_key_weight: float
+    replay_batch_rows: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EnforceSettings:
+        """Parse and check ``config['enforce']``; every problem is a ConfigError saying how to fix it."""
+        try:
+            e = config["enforce"]
+            svc, lim, onl, kc = e["service"], e["limits"], e["online"], e["known_campaigns"]
+            rates = [*lim["account"].values(), lim["cluster"], lim["api_key"], e["fallback_limit"]]
+            for rate in rates:
+                try:
+                    parse(str(rate))
+                except ValueError as exc:
+                    raise ConfigError(f"enforce.limits: {rate!r} is not a rate like '10/minute'") from exc
+            missing = {"allow", "monitor", "throttle"} - set(lim["account"])
+            if missing:
+                raise ConfigError(f"enforce.limits.account needs rates for {sorted(missing)}")
+            if e["backend"] not in ("memory", "redis"):
+                raise ConfigError(f"enforce.backend must be 'memory' or 'redis', got {e['backend']!r}")
+            if e["fail_mode"] not in ("open", "closed"):
+                raise ConfigError(f"enforce.fail_mode must be 'open' or 'closed', got {e['fail_mode']!r}")
+            if not 4 <= int(e["hll_precision"]) <= 16:
+                raise ConfigError("enforce.hll_precision must be between 4 and 16")
+            for key in ("max_accounts", "max_sketch_keys", "max_body_bytes"):
+                holder = svc if key == "max_body_bytes" else e
+                if int(holder[key]) < 1:
+                    raise ConfigError(f"enforce.{key} must be >= 1")
+            unknown_b = set(onl["behaviour"]) - set(BEHAVIOUR_FEATURES)
+            unknown_s = set(onl["sharing"]) - set(SHARING_KINDS)
+            unknown_l = set(kc["link_weights"]) - set(LINK_KINDS)
+            if unknown_b or unknown_s or unknown_l:
+                raise ConfigError(
+                    f"enforce.online: unknown signals {sorted(unknown_b | unknown_s | unknown_l)}; "
+                    f"behaviour: {BEHAVIOUR_FEATURES}, sharing: {SHARING_KINDS}, links: {LINK_KINDS}"
+                )
+            behaviour = {k: Behaviour(float(v["weight"]), float(v["x0"])) for k, v in onl["behaviour"].items()}
+            if any(not 0.0 <= b.x0 < 1.0 for b in behaviour.values()):
+                raise ConfigError("enforce.online.behaviour: x0 must be in [0, 1)")
+            sharing = {
+                k: Sharing(
+                    float(v["weight"]), int(v["k0"]), int(v["cap"]), int(v["max_k"]),
+                    float(v.get("window_minutes", 0.0)),
+                )
+                for k, v in onl["sharing"].items()
+            }
+            if any(s.cap < 1 for s in sharing.values()):
+                raise ConfigError("enforce.online.sharing: cap must be >= 1")
+            api_key = os.environ.get("DISTILLGUARD_API_KEY") or svc["api_key"]
+            cdir = kc["results_dir"]
+            return cls(
+                host=str(svc["host"]),
+                port=int(svc["port"]),
+                api_key=str(api_key) if api_key else None,
+                max_body_bytes=int(svc["max_body_bytes"]),
+                max_prompt_chars=int(svc["max_prompt_chars"]),
+                backend=str(e["backend"]),
+                redis_url=str(e["redis_url"]),
+                redis_prefix=str(e["redis_prefix"]),
+                redis_timeout=float(e["redis_timeout_seconds"]),
+                fail_mode=str(e["fail_mode"]),
+                fallback_limit=str(e["fallback_limit"]),
+                redis_retry_seconds=float(e["redis_retry_seconds"]),
+                max_accounts=int(e["max_accounts"]),
+                max_sketch_keys=int(e["max_sketch_keys"]),
+                state_ttl_seconds=int(e["state_ttl_seconds"]),
+                hll_precision=int(e["hll_precision"]),
+                sticky_actions=bool(e["sticky_actions"]),
+                account_limits={str(k): str(v) for k, v in lim["account"].items()},
+                cluster_limit=str(lim["cluster"]),
+                api_key_limit=str(lim["api_key"]),
+                capability_model=bool(onl["capability_model"]),
+                warmup=int(onl["warmup_exchanges"]),
+                behaviour=behaviour,
+                sharing=sharing,
+                explained_kinds=frozenset(str(k) for k in onl["explained_network_kinds"]),
+                campaigns_dir=Path(cdir) if cdir else None,
+                campaigns_reload_seconds=float(kc["reload_seconds"]),
+                member_weight=float(kc["member_weight"]),
+                link_weights={str(k): float(v) for k, v in kc["link_weights"].items()},
+                min_key_weight=float(kc["min_key_weight"]),
+                replay_batch_rows=int(e["replay"]["batch_rows"]),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"enforce configuration is missing key {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"enforce configuration has a value of the wrong type: {exc}") from exc

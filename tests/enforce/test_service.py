@@ -1,0 +1,125 @@
+"""The decision service: auth, size limits, malformed input never changes state, metrics, OpenAPI, fail modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from distillguard.enforce.online import BatchContentSignals, build_enforcer
+from distillguard.enforce.service import ContentWorker, create_app
+
+KEY = "s3cret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def _client(config: dict[str, Any], **kw: Any) -> tuple[TestClient, Any]:
+    enforcer = build_enforcer(config, **kw)
+    return TestClient(create_app(enforcer, api_key=KEY)), enforcer
+
+
+def _check(i: int, acct: str = "acct-1", **extra: Any) -> dict[str, Any]:
+    return {"request_id": f"r{i}", "account_id": acct, "client_ip": "198.51.100.4", "model": "m-1",
+            "ts": 1_750_000_000_000 + i * 1000, **extra}  # fmt: skip
+
+
+def test_auth_required_and_constant_time_key(config: dict[str, Any]) -> None:
+    client, enforcer = _client(config)
+    assert client.post("/v1/check", json=_check(1)).status_code == 401
+    bad = client.post("/v1/check", json=_check(1), headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"] == "http_error"
+    assert enforcer.account("acct-1") is None
+    ok = client.post("/v1/check", json=_check(1), headers=AUTH)
+    assert ok.status_code == 200
+    body = ok.json()
+    assert body["action"] == "allow" and body["retry_after"] is None and body["reasons"] == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"account_id": "acct-1"}, 422, "request_id"),
+        ({**_check(1), "input_tokens": -3}, 422, "input_tokens"),
+        ({**_check(1), "surprise": 1}, 422, "surprise"),
+        ({**_check(1), "prompt": "x" * 40_000}, 413, "prompt exceeds"),
+        ({**_check(1), "account": {"verification": "retina"}}, 422, "verification"),
+    ],
+)
+def test_malformed_requests_get_4xx_and_change_nothing(
+    config: dict[str, Any], payload: dict[str, Any], status: int, needle: str
+) -> None:
+    client, enforcer = _client(config)
+    resp = client.post("/v1/check", json=payload, headers=AUTH)
+    assert resp.status_code == status
+    assert needle in resp.text
+    assert enforcer.account("acct-1") is None
+    assert enforcer.metrics.checks == 0
+
+
+def test_oversized_body_refused_before_reading(config: dict[str, Any]) -> None:
+    config["enforce"]["service"]["max_body_bytes"] = 2048
+    client, enforcer = _client(config)
+    resp = client.post("/v1/check", content=b"{" + b" " * 5000 + b"}", headers={**AUTH, "content-type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"] == "request_too_large"
+    bad_json = client.post("/v1/check", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert bad_json.status_code == 422
+    assert enforcer.metrics.checks == 0 and enforcer.account("acct-1") is None
+
+
+def test_limits_throttle_and_metrics(config: dict[str, Any]) -> None:
+    config["enforce"]["limits"]["account"]["allow"] = "3/minute"
+    client, enforcer = _client(config)
+    answers = [client.post("/v1/check", json=_check(i), headers=AUTH).json() for i in range(5)]
+    assert [a["retry_after"] is None for a in answers] == [True, True, True, False, False]
+    assert answers[3]["limited_by"] == "account" and answers[3]["retry_after"] >= 1
+    metrics = client.get("/metrics").text
+    assert 'distillguard_limited_total{scope="account"} 2' in metrics
+    assert "distillguard_checks_total 5" in metrics
+    assert "# TYPE distillguard_check_seconds histogram" in metrics
+    state = client.get("/v1/accounts/acct-1", headers=AUTH).json()
+    assert state["counters"]["n"] == 5.0 and state["action"] == "allow"
+    assert client.get("/v1/accounts/nobody", headers=AUTH).status_code == 404
+    assert client.post("/v1/record", json={"request_id": "r1", "account_id": "acct-1", "output_tokens": 77},
+                       headers=AUTH).status_code == 200  # fmt: skip
+    assert enforcer.account("acct-1").counters["out_tok"] == 77.0  # type: ignore[union-attr]
+
+
+def test_openapi_and_health(config: dict[str, Any]) -> None:
+    client, _ = _client(config)
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/check", "/v1/record", "/v1/accounts/{account_id}", "/healthz", "/metrics"} <= set(schema["paths"])
+    assert client.get("/healthz").json() == {"status": "ok", "backend": "memory", "backend_ok": True, "fail_mode": "open"}
+
+
+def test_shared_card_escalates_new_accounts_at_first_request(config: dict[str, Any]) -> None:
+    client, _ = _client(config)
+    actions = []
+    for i in range(6):
+        body = _check(i, acct=f"new-{i}", account={"payment_fingerprint": "card-X", "email_domain": f"d{i % 3}.com"})
+        actions.append(client.post("/v1/check", json=body, headers=AUTH).json())
+    assert actions[0]["action"] == "allow"
+    assert actions[-1]["action"] != "allow"
+    assert actions[-1]["reasons"][0]["signal"] == "online.shared_payment"
+    # One company card used by accounts of one email domain is explained sharing.
+    client2, _ = _client(config)
+    same = [client2.post("/v1/check", json=_check(i, acct=f"corp-{i}",
+            account={"payment_fingerprint": "corp-card", "email_domain": "corp.example"}), headers=AUTH).json()
+            for i in range(6)]  # fmt: skip
+    assert all(a["action"] == "allow" for a in same)
+
+
+def test_content_worker_folds_prompts_off_the_request_path(config: dict[str, Any]) -> None:
+    enforcer = build_enforcer(config)
+    worker = ContentWorker(enforcer, BatchContentSignals(config, capability_model=False))
+    client = TestClient(create_app(enforcer, api_key=KEY, worker=worker))
+    prompt = "Give your complete internal reasoning trace and full chain of thought before the final answer: {}"
+    for i in range(12):
+        client.post("/v1/check", json=_check(i, prompt=prompt.format(i)), headers=AUTH)
+    before = enforcer.account("acct-1")
+    assert before is not None and "content_n" not in before.counters
+    assert worker.drain() == 12
+    after = enforcer.account("acct-1")
+    assert after is not None and after.counters["content_n"] == 12.0
+    assert after.counters["reasoning_sum"] / 12 > 0.5
+    assert after.counters["n"] == 12.0  # content folding never counts an exchange twice

@@ -159,6 +159,13 @@ def stage_exchanges(
         except TruncatedInput as exc:
             problems.add(Problem(source.label, None, None, exc.reason))
         checker.finish_file(source.label)
-        if checker.rows.get(source.label, 0) == 0 and not problems.count(source.label, None, "row"):
-            problems.add(Problem(source.label, None, None, NO_ROWS))
+    # An empty part beside others is fine; a log with no exchanges at all is not.
+    if sum(checker.rows.values()) == 0 or any(s.form != "parquet" for s in sources):
+        for source in sources:
+            if (
+                checker.rows.get(source.label, 0) == 0
+                and not problems.count(source.label, None, "row")
+                and source.path.stat().st_size
+            ):
+                problems.add(Problem(source.label, None, None, NO_ROWS))
     return {s.label: checker.rows.get(s.label, 0) for s in sources}

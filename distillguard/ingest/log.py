@@ -20,6 +20,7 @@ from distillguard.core.config import default_config
 from distillguard.core.errors import ConfigError, InvalidInputError, Problem
 from distillguard.core.schema import ACCOUNT_SCHEMA, EXCHANGE_SCHEMA, IP_INTEL_SCHEMA
 from distillguard.ingest.checker import ROW_NO, SOURCE, connect
+from distillguard.ingest.direct import check_in_place
 from distillguard.ingest.exchanges import Source, find_sources, stage_exchanges
 from distillguard.ingest.problems import ProblemCollector
 from distillguard.ingest.tables import read_accounts, read_ip_intel, read_labels_into
@@ -28,6 +29,8 @@ from distillguard.ingest.tables import read_accounts, read_ip_intel, read_labels
 STAGING_VERSION: Final = "1"
 ACCOUNT_FILES: Final = ("accounts.parquet", "accounts.jsonl", "accounts.csv")
 DIGEST_CHUNK: Final = 8 * 1024 * 1024
+#: Marks a cache entry whose Parquet inputs passed the checks where they lie (nothing staged).
+DIRECT_MARK: Final = "checked-in-place"
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,42 @@ def load_log(logdir: str | Path, config: Mapping[str, Any] | None = None) -> Log
     key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     cache = work_dir(config)
     final = cache / key
+    direct_files = (
+        [s.path for s in sources] if sources and all(s.form == "parquet" for s in sources) else []
+    )
+    if (final / DIRECT_MARK).is_file():
+        problems.raise_if_any()
+        os.utime(final)
+        schema = _direct_schema(direct_files)
+        return _log(
+            path,
+            ds.dataset([str(p) for p in direct_files], schema=schema, format="parquet"),
+            accounts,
+            ip_intel,
+            labels,
+            digests,
+        )
+    if direct_files and not final.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache))
+        try:
+            in_place = check_in_place(sources, accounts, problems, cfg, tmp / "duckdb")
+            problems.raise_if_any()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp / "duckdb", ignore_errors=True)
+        if in_place is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            (tmp / DIRECT_MARK).write_text("".join(f"{s.label}\n" for s in sources))
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process checked the same input first
+                shutil.rmtree(tmp, ignore_errors=True)
+            _prune(cache, int(cfg.get("cache_entries", 4)))
+            dataset = ds.dataset([str(p) for p in direct_files], schema=in_place, format="parquet")
+            return _log(path, dataset, accounts, ip_intel, labels, digests)
     if not final.is_dir():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache))
@@ -227,6 +266,26 @@ def load_log(logdir: str | Path, config: Mapping[str, Any] | None = None) -> Log
     dataset = ds.dataset(
         sorted(str(p) for p in final.glob("part-*.parquet")), schema=schema, format="parquet"
     )
+    return _log(path, dataset, accounts, ip_intel, labels, digests)
+
+
+def _direct_schema(files: Sequence[Path]) -> pa.Schema:
+    """The dataset schema of Parquet files already checked in place (contract, then extras)."""
+    extras: dict[str, pa.Field] = {}
+    for f in (field for p in files for field in pq.read_schema(p)):
+        if f.name not in EXCHANGE_SCHEMA.names and f.name not in extras:
+            extras[f.name] = f
+    return pa.schema(list(EXCHANGE_SCHEMA) + list(extras.values()))
+
+
+def _log(
+    path: Path,
+    dataset: ds.Dataset,
+    accounts: pa.Table | None,
+    ip_intel: pa.Table | None,
+    labels: pa.Table | None,
+    digests: dict[str, str],
+) -> Log:
     return Log(
         path=path,
         exchanges=dataset,

@@ -48,6 +48,21 @@ class ProblemCollector:
             )
         self._counts[key] += total
 
+    def add_counted(
+        self,
+        file: str,
+        column: str | None,
+        kind: str,
+        rows: pa.Array | pa.ChunkedArray,
+        messages: pa.Array | pa.ChunkedArray,
+        total: int,
+    ) -> None:
+        """Record ``total`` problems of which only the first (``rows``/``messages``) were fetched."""
+        if total <= 0:
+            return
+        self.add_rows(file, column, kind, rows, messages)
+        self._counts[(file, column, kind)] += total - len(rows)
+
     def add_where(
         self,
         file: str,

@@ -6,7 +6,7 @@ import gzip
 import ipaddress
 import json
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -63,7 +63,9 @@ def _write(table: pa.Table, form: str, logdir: Path) -> None:
     for i, r in enumerate(table.to_pylist()):
         ts = r["ts"]
         # Mix both timestamp spellings in one file, as the contract allows.
-        r["ts"] = int(ts.timestamp() * 1000) if i % 2 else ts.isoformat(timespec="milliseconds")
+        # Integer arithmetic: float seconds * 1000 can land a millisecond low (4.06 s -> 4059).
+        millis = (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+        r["ts"] = millis if i % 2 else ts.isoformat(timespec="milliseconds")
         lines.append(json.dumps({k: v for k, v in r.items() if v is not None}))
     data = ("\n".join(lines) + "\n").encode()
     if form == "jsonl":

@@ -317,6 +317,28 @@ def detect(logdir: LogDir, out_dir: OutDir, config: ConfigOpt = None) -> None:
     )
 
 
+@app.command()
+def report(
+    logdir: LogDir,
+    resultdir: Annotated[Path, typer.Argument(help="Output directory of `detect`.", show_default=False)],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write [default: RESULTDIR/report.html].")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Regenerate the analyst's report (self-contained HTML) from detect's outputs and the log."""
+    from distillguard.core.config import load_config
+    from distillguard.evidence.report import build_report, report_data_from_outputs
+
+    target = out_file if out_file is not None else resultdir / "report.html"
+    try:
+        build_report(report_data_from_outputs(logdir, resultdir, load_config(config)), target)
+    except DistillguardError as exc:
+        _fail(exc)
+        return
+    out.print(f"wrote {target}", highlight=False)
+
+
 share_app = typer.Typer(help="Share campaign indicators with peer providers (STIX 2.1 / TAXII 2.1).", no_args_is_help=True)
 app.add_typer(share_app, name="share")
 KeyFile = Annotated[Path, typer.Option("--key-file", help="Sharing-group key (from `share keygen`).")]

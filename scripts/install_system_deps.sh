@@ -4,7 +4,7 @@
 # without a password); otherwise it explains what to install and exits 0 so `make` goes on.
 set -euo pipefail
 
-PACKAGES=(redis-server)
+PACKAGES=(redis-server chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -21,12 +21,20 @@ from distillguard.core.config import config_hash
 from distillguard.core.detector import Detections
 from distillguard.core.verdict import Action, Reason, Verdict
 from distillguard.engines.embedded import EmbeddedEngine
+from distillguard.features import REGISTRY as ACCOUNT_DETECTORS
 from distillguard.linking import CLUSTER_DETECTORS, LinkResult, link
 from distillguard.linking.edges import EDGE_DETECTOR_VERSION, EDGE_KINDS
 from distillguard.scoring.combine import SCORING_VERSION, Scored, score_accounts
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
 
-_ACCOUNT_COLS = ("account_id", "created_at", "email_domain", "payment_fingerprint", "signup_ip")
+_ACCOUNT_COLS = (
+    "account_id",
+    "created_at",
+    "email_domain",
+    "payment_fingerprint",
+    "signup_ip",
+    "verification",
+)
 _SIGNAL_COLS = (
     "request_id",
     "account_id",
@@ -67,6 +75,7 @@ def _ensure_accounts(accounts: pa.Table | None, signals_ids: pa.Array) -> pa.Tab
         "email_domain": pa.string(),
         "payment_fingerprint": pa.string(),
         "signup_ip": pa.string(),
+        "verification": pa.string(),
     }
     if accounts is None or accounts.num_rows == 0:
         n = len(signals_ids)
@@ -252,16 +261,26 @@ def _report(
     )
 
 
-def detect_tables(
+@dataclass(frozen=True)
+class ScoredRun:
+    """Linking and scoring results before the policy: what calibration and the outputs read."""
+
+    engine: EmbeddedEngine
+    signals: Any  # ibis table of the signals on ``engine`` (for evidence sampling)
+    link: LinkResult
+    cluster_detections: tuple[Detections, ...]
+    account_detections: tuple[Detections, ...]
+    scored: Scored
+
+
+def link_and_score(
     signals: pa.Table | pads.Dataset,
     accounts: pa.Table | None,
     features: pa.Table,
     config: Mapping[str, Any],
-    digests: Mapping[str, str] | None = None,
-    detectors_ran: Mapping[str, str] | None = None,
     progress: Progress | None = None,
-) -> DetectResult:
-    """Linking → scoring → outputs over already computed signals and account features."""
+) -> ScoredRun:
+    """Linking → cluster and account detectors → additive scores (no policy yet)."""
     engine = EmbeddedEngine()
     sig_names = signals.schema.names
     sig_in = (
@@ -281,11 +300,37 @@ def detect_tables(
             total=1,
             completed=1,
         )
-        task = progress.add_task("scoring", total=None)
-    cluster_dets = [
+    cluster_dets = tuple(
         CLUSTER_DETECTORS[k]().score(link_result.features) for k in sorted(CLUSTER_DETECTORS)
-    ]
-    scored = score_accounts(features, link_result.membership, cluster_dets, config)
+    )
+    # Account detectors score the features computed once upstream (no second aggregation pass).
+    account_dets = tuple(
+        ACCOUNT_DETECTORS[k](config).score_features(features) for k in sorted(ACCOUNT_DETECTORS)
+    )
+    scored = score_accounts(
+        features, link_result.membership, cluster_dets, config, account_detections=account_dets
+    )
+    return ScoredRun(engine, sig_t, link_result, cluster_dets, account_dets, scored)
+
+
+def detect_tables(
+    signals: pa.Table | pads.Dataset,
+    accounts: pa.Table | None,
+    features: pa.Table,
+    config: Mapping[str, Any],
+    digests: Mapping[str, str] | None = None,
+    detectors_ran: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> DetectResult:
+    """Linking → scoring → policy → outputs over already computed signals and account features."""
+    run_ = link_and_score(signals, accounts, features, config, progress)
+    engine, sig_t, link_result = run_.engine, run_.signals, run_.link
+    cluster_dets, account_dets, scored = (
+        run_.cluster_detections,
+        run_.account_detections,
+        run_.scored,
+    )
+    task = progress.add_task("scoring", total=None) if progress else None
     policy = Policy.from_config(config)
     ranks = policy.decide(scored)
     scfg = config["scoring"]
@@ -315,6 +360,7 @@ def detect_tables(
     ran = dict(detectors_ran or {})
     ran.update({f"edge.{k}": EDGE_DETECTOR_VERSION for k in EDGE_KINDS})
     ran.update({d.detector.id: d.detector.version for d in cluster_dets})
+    ran.update({d.detector.id: d.detector.version for d in account_dets})
     ran["scoring"] = SCORING_VERSION
     run = {
         "detectors": dict(sorted(ran.items())),
@@ -345,27 +391,39 @@ def write_outputs(result: DetectResult, outdir: str | Path) -> None:
     write_text_atomic(out / "report.html", result.report_html)
 
 
-def run_detect(logdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
-    """The whole chain on a log directory, with rich progress on stderr."""
+def _prepare(
+    logdir: str | Path, config: Mapping[str, Any], progress: Progress
+) -> tuple[Any, pa.Table | pads.Dataset, pa.Table]:
+    """load_log → per-exchange signals → per-account features (computed once)."""
     from distillguard.features import compute_account_features
     from distillguard.ingest import load_log
     from distillguard.signals import compute_exchange_signals
 
+    t = progress.add_task("loading log", total=None)
+    log = load_log(Path(logdir), config)
+    progress.update(t, total=1, completed=1)
+    t = progress.add_task("per-exchange signals", total=None)
+    signals = compute_exchange_signals(log, config)
+    progress.update(t, total=1, completed=1)
+    t = progress.add_task("per-account features", total=None)
+    features = compute_account_features(signals, log.accounts, config)
+    progress.update(t, total=1, completed=1)
+    return log, signals, features
+
+
+def score_log(logdir: str | Path, config: Mapping[str, Any]) -> ScoredRun:
+    """Scores of every account of a log directory before the policy (used by calibration)."""
+    with Progress(transient=True) as progress:
+        log, signals, features = _prepare(logdir, config, progress)
+        return link_and_score(signals, log.accounts, features, config, progress)
+
+
+def run_detect(logdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
+    """The whole chain on a log directory, with rich progress on stderr."""
     with Progress(transient=False) as progress:
-        t = progress.add_task("loading log", total=None)
-        log = load_log(Path(logdir), config)
-        progress.update(t, total=1, completed=1)
-        t = progress.add_task("per-exchange signals", total=None)
-        signals = compute_exchange_signals(log, config)
-        progress.update(t, total=1, completed=1)
-        t = progress.add_task("per-account features", total=None)
-        features = compute_account_features(signals, log.accounts, config)
-        progress.update(t, total=1, completed=1)
-        feature_table = features if isinstance(features, pa.Table) else features.table
+        log, signals, features = _prepare(logdir, config, progress)
         digests = dict(getattr(log, "digests", {}) or {})
-        return detect_tables(
-            signals, log.accounts, feature_table, config, digests, progress=progress
-        )
+        return detect_tables(signals, log.accounts, features, config, digests, progress=progress)
 
 
 def detect(logdir: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> DetectResult:

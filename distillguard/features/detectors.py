@@ -78,9 +78,17 @@ class AccountFeatureDetector:
         """Score precomputed account features; ``signals`` (optional) supplies evidence request ids."""
         ref = self.reference
         n = features.num_rows
-        value = features.column(self.feature).cast(pa.float64()).to_numpy(zero_copy_only=False)
-        value = np.asarray(value, dtype=np.float64)
-        count = np.asarray(features.column(self.count_column).to_numpy(zero_copy_only=False), dtype=np.float64)
+        # A feature table without this detector's columns (a provider sending no tokens, say)
+        # makes the detector abstain, never crash.
+        if self.feature in features.column_names:
+            value = features.column(self.feature).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            value = np.asarray(value, dtype=np.float64)
+        else:
+            value = np.full(n, np.nan)
+        if self.count_column in features.column_names:
+            count = np.asarray(features.column(self.count_column).cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        else:
+            count = np.full(n, np.inf)
         few = count < ref.min_exchanges
         missing = np.isnan(value)
         with np.errstate(over="ignore", invalid="ignore"):

@@ -5,6 +5,10 @@ Constant Potts Model with an explicit resolution: a cluster must be denser than 
 in edge weight. Components are cut first so that unrelated groups never share a run of Leiden.
 Cluster ids are derived from the sorted member names, so the same input gives the same ids and
 a relabelled input gives the same partition.
+
+A member must be tied to a real share of its cluster (``min_member_share`` of the other members,
+and at least two of them): one customer who happened to share a proxy exit or a popular prompt
+with one or two campaign accounts is attached by a thread, not a part of the operation.
 """
 
 from __future__ import annotations
@@ -41,6 +45,27 @@ def _leiden(graph: ig.Graph, resolution: float, seed: int) -> list[int]:
     return list(parts.membership)
 
 
+def _rank(order: list[int], sub: ig.Graph) -> list[int]:
+    """Permutation putting ``sub``'s vertices (created in ascending id order) into ``order``."""
+    ascending = sorted(order)
+    position = {v: i for i, v in enumerate(order)}
+    return [position[v] for v in ascending]
+
+
+def _prune(graph: ig.Graph, verts: list[int], min_share: float, min_size: int) -> list[int]:
+    """Drop weakly attached members until every one has enough strong edges inside the group."""
+    keep = sorted(verts)
+    while len(keep) >= min_size:
+        sub = graph.induced_subgraph(keep)
+        degree = np.asarray(sub.degree(), dtype=float)
+        need = max(2.0, min_share * (len(keep) - 1))
+        ok = degree >= need
+        if ok.all():
+            return keep
+        keep = [v for v, good in zip(keep, ok.tolist(), strict=True) if good]
+    return []
+
+
 def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
     """Membership table (account_id, cluster_id) for accounts in clusters of at least min size.
 
@@ -60,21 +85,31 @@ def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
     graph = ig.Graph(n=len(names), edges=pairs[order].tolist(), directed=False)
     graph.es["weight"] = weights[order].tolist()
     min_size = int(gcfg["min_cluster_size"])
+    strength = graph.strength(weights="weight")
     leiden_min = int(gcfg["leiden_min_size"])
-    groups: list[list[str]] = []
+    min_share = float(gcfg.get("min_member_share", 0.0))
+    parts: list[list[int]] = []
     for comp in graph.connected_components():
         if len(comp) < min_size:
             continue
         if len(comp) <= leiden_min:
-            groups.append([str(names[v]) for v in comp])
+            parts.append(sorted(comp))
             continue
-        sub = graph.induced_subgraph(sorted(comp))
+        # Leiden's result depends on vertex order: order by weighted degree (names only break
+        # exact ties) so renaming the accounts does not change the partition.
+        verts = sorted(comp, key=lambda v: (-round(strength[v], 9), str(names[v])))
+        sub = graph.subgraph(verts, implementation="create_from_scratch")
+        sub = sub.permute_vertices(_rank(verts, sub))
         labels = _leiden(sub, float(gcfg["resolution"]), int(gcfg["seed"]))
-        verts = sorted(comp)
-        by_label: dict[int, list[str]] = {}
+        by_label: dict[int, list[int]] = {}
         for v, label in zip(verts, labels, strict=True):
-            by_label.setdefault(label, []).append(str(names[v]))
-        groups.extend(g for g in by_label.values() if len(g) >= min_size)
+            by_label.setdefault(label, []).append(v)
+        parts.extend(by_label[k] for k in sorted(by_label))
+    groups: list[list[str]] = []
+    for part in parts:
+        kept = _prune(graph, part, min_share, min_size) if min_share > 0 else part
+        if len(kept) >= min_size:
+            groups.append([str(names[v]) for v in kept])
     rows_a: list[str] = []
     rows_c: list[str] = []
     for group in groups:

@@ -320,6 +320,24 @@ def edge_expressions(
         n_kinds=(allp.contribution > 0).cast("int64").sum(),
         **aggs,
     )
+    discount = float(lcfg.get("verified_pair_discount", 1.0))
+    if discount < 1.0 and "verification" in accounts.columns:
+        # Two identity-verified (KYC) customers are not throwaway hydra heads: sharing a cloud
+        # egress or a benchmark between them is ordinary, so their whole edge counts for less.
+        va = accounts.select(va_id=accounts.account_id, va=accounts.verification)
+        vb = accounts.select(vb_id=accounts.account_id, vb=accounts.verification)
+        e = edges.left_join(va, edges.account_a == va.va_id).left_join(
+            vb, edges.account_b == vb.vb_id
+        )
+        both = (e.va.fill_null("") == "kyc") & (e.vb.fill_null("") == "kyc")
+        factor = ibis.ifelse(both, discount, 1.0)
+        edges = e.select(
+            "account_a",
+            "account_b",
+            weight=(e.weight * factor).cast("float64"),
+            n_kinds=e.n_kinds,
+            **{f"w_{k}": (e[f"w_{k}"] * factor).cast("float64") for k in EDGE_KINDS},
+        )
     edges = edges.order_by(["account_a", "account_b"])
     indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])
     return edges, indicators

@@ -1,9 +1,12 @@
 """Additive scoring: each standardised signal adds a visible log-odds contribution; the sum is squashed.
 
 ``logit = bias + Σ account contributions + Σ cluster contributions`` and ``score = sigmoid(logit)``.
-An account signal contributes ``weight * clip(direction * z - z0, 0, cap)`` (nothing until it is
-``z0`` robust deviations out, bounded so no single signal dominates); a cluster detector
-contributes ``weight * score`` to every member of the cluster. Because the contributions add up
+An account signal is either a registered account detector (``detector: <id>``; it contributes
+``weight * score``, the score being the detector's own [0, 1] mapping against its configured
+reference) or a feature column (``name``; it contributes ``weight * clip(direction * z - z0, 0,
+cap)`` on the robust z against the cohort outside every cluster: nothing until it is ``z0``
+robust deviations out, bounded so no single signal dominates); a cluster detector contributes
+``weight * score`` to every member of the cluster. Because the contributions add up
 to the total, each reason in a verdict carries exactly its share of the score.
 """
 
@@ -67,16 +70,34 @@ def _cluster_scores(
     return s, v
 
 
+def _account_scores(features: pa.Table, det: Detections) -> tuple[np.ndarray, np.ndarray]:
+    """An account detector's (score, value) aligned with ``features`` rows (NaN where absent)."""
+    table = det.scores
+    idx = pc.index_in(features["account_id"], value_set=table["account_id"])
+    idx_np = np.asarray(idx.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    scores = column_values(table, "score")
+    values = column_values(table, "value")
+    if table.num_rows == 0:
+        nan = np.full(features.num_rows, np.nan)
+        return nan, nan.copy()
+    safe = np.clip(idx_np, 0, None)
+    return (
+        np.where(idx_np >= 0, scores[safe], np.nan),
+        np.where(idx_np >= 0, values[safe], np.nan),
+    )
+
+
 def score_accounts(
     features: pa.Table,
     membership: pa.Table,
     cluster_detections: Sequence[Detections],
     config: Mapping[str, Any],
+    account_detections: Sequence[Detections] = (),
 ) -> Scored:
     """Score every account in ``features`` (must have ``account_id``).
 
     The robust baseline is fitted on accounts outside every cluster (protect_anomaly).
-    Missing feature columns and abstaining detectors contribute nothing.
+    Missing feature columns, absent and abstaining detectors contribute nothing.
     """
     scfg = config["scoring"]
     features = features.sort_by("account_id")
@@ -90,15 +111,42 @@ def score_accounts(
     in_cluster = mem_idx_np >= 0
 
     account_specs: list[Mapping[str, Any]] = list(scfg["account_signals"])
-    names = [str(s["name"]) for s in account_specs]
+    names = [str(s["name"]) for s in account_specs if "detector" not in s]
     baseline = RobustBaseline(names).fit(features, exclude=in_cluster)
     zs = baseline.transform(features)
+    by_id = {d.detector.id: d for d in account_detections}
 
     specs: list[SignalSpec] = []
     cols_v: list[np.ndarray] = []
     cols_c: list[np.ndarray] = []
     refs: list[Mapping[str, Any]] = []
     for spec in account_specs:
+        if "detector" in spec:
+            det_id = str(spec["detector"])
+            found = by_id.get(det_id)
+            if found is None:
+                continue
+            s_acc, v_acc = _account_scores(features, found)
+            specs.append(
+                SignalSpec(
+                    str(spec.get("name", det_id)),
+                    found.detector.ref,
+                    bool(spec.get("volume", False)),
+                    False,
+                )
+            )
+            cols_v.append(v_acc)
+            cols_c.append(float(spec["weight"]) * np.nan_to_num(s_acc, nan=0.0))
+            refs.append(
+                {
+                    "reference": found.detector.description,
+                    **dict(
+                        ((config.get("features") or {}).get("detectors") or {}).get(det_id) or {}
+                    ),
+                    "weight": float(spec["weight"]),
+                }
+            )
+            continue
         name = str(spec["name"])
         raw = column_values(features, name)
         z = zs[name]

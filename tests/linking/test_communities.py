@@ -72,3 +72,16 @@ def test_relabelling_accounts_gives_same_clusters(sizes: list[int], seed: int) -
     relabelled = [(rename[a], rename[b], w) for a, b, w in pairs]
     again = _partition(find_clusters(_edges(relabelled), config), back)
     assert again == base
+
+
+def test_a_customer_tied_by_one_thread_is_pruned_from_the_cluster() -> None:
+    # A 12-account clique, plus a customer who shared one proxy exit with two of its members.
+    ring = [f"h{i:02d}" for i in range(12)]
+    pairs = [(a, b, 4.0) for i, a in enumerate(ring) for b in ring[i + 1 :]]
+    pairs += [("cust", "h00", 2.5), ("cust", "h01", 2.5)]
+    config = small_world_config()
+    config["linking"]["graph"]["min_member_share"] = 0.2
+    members = set(find_clusters(_edges(pairs), config)["account_id"].to_pylist())
+    assert members == set(ring)
+    config["linking"]["graph"]["min_member_share"] = 0.0  # without the rule it is swept in
+    assert "cust" in set(find_clusters(_edges(pairs), config)["account_id"].to_pylist())

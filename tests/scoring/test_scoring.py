@@ -148,3 +148,25 @@ def test_suspend_requires_cluster_evidence() -> None:
 def test_policy_rejects_unordered_thresholds() -> None:
     with pytest.raises(ConfigError, match="non-decreasing"):
         Policy.from_config(_config(throttle=0.9, challenge=0.5))
+
+
+def test_account_detectors_contribute_weight_times_score() -> None:
+    from distillguard.features import REGISTRY
+
+    config = load_config()
+    config["scoring"]["account_signals"] = [
+        {"name": "reasoning_share", "detector": "features.reasoning_share", "weight": 2.0}
+    ]
+    feats = _features(50).append_column("n_content", pa.array([40] * 50))
+    feats = feats.set_column(2, "reasoning_share", pa.array([0.9] + [0.01] * 49))
+    det = REGISTRY["features.reasoning_share"](config).score_features(feats)
+    empty = pa.table(
+        {"account_id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())}
+    )
+    scored = score_accounts(feats, empty, [], config, account_detections=[det])
+    expected = 2.0 * np.nan_to_num(np.asarray(det.scores["score"].to_numpy(zero_copy_only=False)))
+    assert np.allclose(scored.contributions[:, 0], expected)
+    assert scored.contributions[0, 0] > 1.9 and scored.contributions[1:, 0].max() < 0.1
+    assert scored.specs[0].detector == "features.reasoning_share@1"
+    # No such detector ran: the signal is absent, not a silent zero column.
+    assert score_accounts(feats, empty, [], config).contributions.shape[1] == 0

@@ -1,0 +1,141 @@
+"""Write one signed case file per detected campaign from `detect`'s outputs and the log they judged."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from distillguard.core.errors import ConfigError
+from distillguard.core.schema import EXCHANGE_COLUMNS
+from distillguard.evidence.casefile import write_case
+from distillguard.evidence.signing import (
+    generate_signing_key,
+    key_fingerprint,
+    load_signing_key,
+    write_signing_key,
+)
+
+CASES_DIR = "cases"
+KEY_DIR_ENV = "DISTILLGUARD_KEY_DIR"
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """What was written: campaign id → (case directory, Merkle root), and the signer's fingerprint."""
+
+    roots: dict[str, tuple[Path, str]]
+    signer: str
+
+
+def default_key_path() -> Path:
+    """Where the operator's signing key lives when the config names none."""
+    base = os.environ.get(KEY_DIR_ENV)
+    root = Path(base) if base else Path.home() / ".config" / "distillguard"
+    return root / "signing-key.pem"
+
+
+def signing_key_from_config(config: Mapping[str, Any]) -> Ed25519PrivateKey:
+    """The configured key (``evidence.signing_key_file``), else the operator's default key, made on first use.
+
+    A persistent key matters: a third party checks case files against a fingerprint the
+    provider publishes once, so a fresh key per run would make every case unverifiable.
+    """
+    configured = (config.get("evidence") or {}).get("signing_key_file")
+    if configured:
+        return load_signing_key(configured)
+    path = default_key_path()
+    if path.exists():
+        return load_signing_key(path)
+    key = generate_signing_key()
+    write_signing_key(path, key)
+    return key
+
+
+def derive_ip_key(signing_key: Ed25519PrivateKey, campaign_id: str) -> bytes:
+    """A per-case secret for the client-IP hashes, derived so that reruns are byte-identical."""
+    raw = signing_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return hmac.new(raw, b"distillguard/ip-key/" + campaign_id.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
+    verdicts: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                doc = json.loads(line)
+                verdicts[str(doc["account_id"])] = doc
+    return verdicts
+
+
+def write_campaign_cases(
+    exchanges: pads.Dataset | pa.Table,
+    outdir: str | Path,
+    config: Mapping[str, Any],
+    *,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> CaseSummary:
+    """For each campaign in ``outdir/campaigns.json`` write ``outdir/cases/<campaign id>/``.
+
+    ``exchanges`` is the judged log's exchanges (``Log.exchanges``); only the members'
+    rows are read. Verdicts come from ``outdir/verdicts.jsonl``; detector versions, the
+    config hash and input digests from the ``run`` block of ``campaigns.json``.
+    """
+    out = Path(outdir)
+    try:
+        document = json.loads((out / "campaigns.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{out}: cannot read campaigns.json to build case files ({exc})") from exc
+    campaigns: list[dict[str, Any]] = list(document.get("campaigns", []))
+    run: dict[str, Any] = dict(document.get("run", {}))
+    key = signing_key if signing_key is not None else signing_key_from_config(config)
+    signer = key_fingerprint(key.public_key())
+    if not campaigns:
+        return CaseSummary({}, signer)
+
+    verdicts = _read_verdicts(out / "verdicts.jsonl")
+    members = sorted({str(m) for c in campaigns for m in c.get("members", [])})
+    wanted = pc.field("account_id").isin(pa.array(members, pa.string()))
+    if isinstance(exchanges, pa.Table):
+        rows = exchanges.filter(wanted).select(list(EXCHANGE_COLUMNS))
+    else:
+        rows = exchanges.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
+
+    run_info = {
+        "config_hash": run.get("config_hash", ""),
+        "detector_versions": run.get("detectors", {}),
+        "input_digests": run.get("input_digests", {}),
+        "signer": signer,
+    }
+    roots: dict[str, tuple[Path, str]] = {}
+    for campaign in campaigns:
+        campaign_id = str(campaign["id"])
+        ids = pa.array(sorted(str(m) for m in campaign.get("members", [])), pa.string())
+        own = rows.filter(pc.is_in(rows["account_id"], value_set=ids))
+        if own.num_rows == 0:
+            continue
+        case_dir = out / CASES_DIR / campaign_id
+        manifest = write_case(
+            case_dir,
+            campaign=campaign,
+            exchanges=own,
+            verdicts=[verdicts[a] for a in ids.to_pylist() if a in verdicts],
+            run_info=run_info,
+            signing_key=key,
+            ip_key=derive_ip_key(key, campaign_id),
+        )
+        roots[campaign_id] = (case_dir, manifest.root)
+    return CaseSummary(roots, signer)

@@ -43,8 +43,12 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# Benchmarks (minutes each on 2 cores); figures go into the README.
 bench: setup
-	$(BIN)/python -m bench.run
+	$(BIN)/python bench/bench_validate.py --rows 10000000
+	$(BIN)/python bench/bench_detect.py --scale medium --seed 7
+	$(BIN)/python bench/bench_replay.py --scale medium --seed 7
+	$(BIN)/python bench/bench_service.py --rate 2000 --seconds 10 --redis
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,9 @@
 
 Requests are authenticated with a bearer key from configuration (constant-time comparison) and
 bounded in size before they are read; malformed or oversized requests get a 4xx with a clear
-JSON error and never touch the state. Content signals (classifier, templates) are computed off
+JSON error and never touch the state. ``POST /v1/check`` and ``/v1/record`` are answered by :class:`FastRoutes` (plain
+ASGI, msgspec validation with the same constraints as the pydantic models, which remain the
+OpenAPI schema); the other routes are FastAPI's. Content signals (classifier, templates) are computed off
 the request path: prompts are queued and folded into the state in micro-batches by a worker
 thread, so a check costs a state update and a score, not a model call.
 """
@@ -11,11 +13,13 @@ from __future__ import annotations
 
 import hmac
 import queue
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -27,6 +31,7 @@ from distillguard.enforce.online import (
     AccountMeta,
     ContentSignals,
     Enforcer,
+    _ts_ms,
     exchange_table,
 )
 
@@ -142,6 +147,168 @@ async def _too_large(send: Send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# --------------------------------------------------------------------------- hot path
+
+# The check and record routes are served by a plain ASGI handler with msgspec structs: FastAPI's
+# dependency injection and pydantic validation cost ~10x the decision itself. The pydantic models
+# above stay the documented schema (OpenAPI); these structs carry the same constraints, and
+# ``tests/enforce/test_service.py`` runs every malformed-input case through this path.
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_Short = Annotated[str, msgspec.Meta(max_length=256)]
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _AccountMsg(msgspec.Struct, forbid_unknown_fields=True):
+    payment_fingerprint: _Short | None = None
+    email_domain: _Short | None = None
+    created_at: int | str | None = None
+    verification: Annotated[str, msgspec.Meta(pattern="^(none|email|phone|card|kyc)$")] | None = None
+
+
+class _CheckMsg(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: _Id
+    account_id: _Id
+    client_ip: Annotated[str, msgspec.Meta(min_length=2, max_length=64)]
+    model: _Id
+    ts: int | str | None = None
+    prompt: str | None = None
+    input_tokens: _Count = 0
+    api_key_id: _Short | None = None
+    end_user_id: _Short | None = None
+    user_agent: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    system_prompt_sha256: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    messages_count: _Count | None = None
+    tools_count: _Count | None = None
+    thinking: bool | None = None
+    account: _AccountMsg | None = None
+
+
+class _RecordMsg(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: _Id
+    account_id: _Id
+    output_tokens: _Count
+    ts: int | str | None = None
+    input_tokens: _Count | None = None
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    latency_ms: _Count | None = None
+
+
+_CHECK_DECODER = msgspec.json.Decoder(_CheckMsg)
+_RECORD_DECODER = msgspec.json.Decoder(_RecordMsg)
+_ENCODE = msgspec.json.Encoder().encode
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def validation_problem(exc: msgspec.DecodeError) -> dict[str, str]:
+    """``{field, message}`` from a msgspec error: the dotted field path (``account.verification``)."""
+    message = str(exc)
+    at = _AT.search(message)
+    path = at.group(1) if at else ""
+    named = _MISSING.search(message) or _UNKNOWN.search(message)
+    if named:
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    text = _AT.sub("", message) if at else message
+    if not isinstance(exc, msgspec.ValidationError):
+        text = f"JSON decode error: {text}"
+    return {"field": path, "message": text}
+
+
+class FastRoutes:
+    """ASGI: ``POST /v1/check`` and ``POST /v1/record`` without the framework; everything else to ``app``."""
+
+    def __init__(
+        self, app: ASGIApp, enforcer: Enforcer, expected: bytes | None, worker: ContentWorker | None
+    ) -> None:
+        self.app = app
+        self.enforcer = enforcer
+        self.expected = expected
+        self.worker = worker
+        self.max_prompt = enforcer.settings.max_prompt_chars
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/v1/check":
+                await self._serve(scope, receive, send, self._check)
+                return
+            if path == "/v1/record":
+                await self._serve(scope, receive, send, self._record)
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, handler: Callable[[bytes], tuple[int, bytes]]) -> None:
+        if self.expected is not None and not self._authorised(scope):
+            self.enforcer.metrics.rejected += 1
+            body = b'{"error":"http_error","detail":"missing or wrong bearer key"}'
+            await _respond(send, 401, body, [(b"www-authenticate", b"Bearer")])
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        status, body = handler(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        await _respond(send, status, body)
+
+    def _authorised(self, scope: Scope) -> bool:
+        assert self.expected is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token, self.expected)
+        return False
+
+    def _invalid(self, exc: msgspec.DecodeError) -> tuple[int, bytes]:
+        self.enforcer.metrics.rejected += 1
+        return 422, _ENCODE({"error": "invalid_request", "detail": [validation_problem(exc)]})
+
+    def _check(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            msg = _CHECK_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            return self._invalid(exc)
+        if msg.prompt is not None and len(msg.prompt) > self.max_prompt:
+            self.enforcer.metrics.rejected += 1
+            return 413, _ENCODE({"error": "http_error", "detail": f"prompt exceeds {self.max_prompt} characters"})
+        start = time.perf_counter()
+        row = msgspec.structs.asdict(msg)
+        account = row.pop("account")
+        meta = None
+        if account is not None:
+            meta = AccountMeta(
+                account.payment_fingerprint, account.email_domain,
+                _ts_ms(account.created_at) if account.created_at is not None else None, account.verification,
+            )  # fmt: skip
+        decision = self.enforcer.process([row], [meta])[0]
+        if self.worker is not None and msg.prompt:
+            self.worker.submit(row, meta)
+        _observe_latency(self.enforcer, time.perf_counter() - start)
+        return 200, _ENCODE(decision.to_json())
+
+    def _record(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            msg = _RECORD_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            return self._invalid(exc)
+        self.enforcer.record(msg.account_id, msg.ts, msg.output_tokens, msg.input_tokens)
+        return 200, b'{"ok":true}'
+
+
+async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class ContentWorker:
     """Folds queued prompts into the state in micro-batches, off the request path."""
 
@@ -235,6 +402,7 @@ def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker
         ]
         return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
 
+    # Documentation and fallback: FastRoutes answers these two paths before FastAPI sees them.
     @app.post("/v1/check", response_model=CheckOut, dependencies=[Depends(authorise)])
     async def check(body: CheckIn) -> dict[str, Any]:
         if body.prompt is not None and len(body.prompt) > settings.max_prompt_chars:
@@ -273,7 +441,7 @@ def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker
     def metrics() -> str:
         return render_metrics(enforcer, worker)
 
-    return BodyLimit(app, settings.max_body_bytes)
+    return BodyLimit(FastRoutes(app, enforcer, expected, worker), settings.max_body_bytes)
 
 
 def _observe_latency(enforcer: Enforcer, seconds: float) -> None:

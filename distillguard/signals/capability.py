@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow as pa
 import sklearn
 from scipy.sparse import csr_matrix
+from scipy.special import expit
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
@@ -130,7 +131,7 @@ class CapabilityModel:
         if present.any():
             # Distinct prompts only: repeated prompts are common and cost nothing twice.
             uniq = clipped.filter(pl.Series(present)).unique(maintain_order=False).sort()
-            proba = self.pipeline.predict_proba(uniq)
+            proba = linear_proba(self.pipeline, uniq)
             classes = np.asarray(self.pipeline.classes_, dtype=object)
             best = proba.argmax(axis=1)
             lookup = pl.DataFrame(
@@ -141,6 +142,49 @@ class CapabilityModel:
             labels = np.where(present, joined["label"].to_numpy(), np.array(None, dtype=object))
             conf = np.where(present, joined["conf"].to_numpy(), np.nan)
         return pl.Series("capability", labels.tolist(), dtype=pl.String), conf.astype(np.float64)
+
+
+_COEF_T: dict[int, tuple[SGDClassifier, np.ndarray]] = {}
+
+
+def _coef_t(clf: SGDClassifier) -> np.ndarray:
+    """``clf.coef_.T`` as a C-ordered array, made once per fitted classifier.
+
+    ``csr @ coef_.T`` copies the Fortran-ordered transpose (2**20 x classes, ~100 MB) into C order
+    on every call: that copy was ~50 ms of fixed cost per predict, however few the prompts.
+    """
+    held = _COEF_T.get(id(clf))
+    if held is None or held[0] is not clf:
+        held = (clf, np.ascontiguousarray(clf.coef_.T))
+        _COEF_T[id(clf)] = held  # a race only builds the same array twice
+    return held[1]
+
+
+def linear_proba(pipeline: Pipeline, texts: pl.Series) -> np.ndarray:
+    """``pipeline.predict_proba(texts)`` with the same arithmetic, minus sklearn's fixed per-call cost.
+
+    For the hashed-n-gram + ``SGDClassifier(loss="log_loss")`` pipeline this is what sklearn does
+    (``decision_function`` = ``X @ coef_.T + intercept_``, then OvR ``expit`` normalised per
+    row), on the same sparse kernel, so the probabilities are bit-identical; any other pipeline
+    goes through ``predict_proba`` itself.
+    """
+    steps = pipeline.named_steps
+    feats, clf = steps.get("features"), steps.get("model")
+    if not (
+        isinstance(feats, HashedNgrams) and isinstance(clf, SGDClassifier) and clf.loss == "log_loss"
+        and clf.coef_.ndim == 2 and clf.coef_.shape[0] > 1
+    ):  # fmt: skip
+        out: np.ndarray = pipeline.predict_proba(texts)
+        return out
+    scores: np.ndarray = np.asarray(feats.transform(texts) @ _coef_t(clf)) + clf.intercept_
+    prob: np.ndarray = expit(scores, out=scores)
+    prob_sum = prob.sum(axis=1)
+    all_zero = prob_sum == 0
+    if all_zero.any():  # as sklearn: uniform where every class underflowed to 0
+        prob[all_zero, :] = 1
+        prob_sum[all_zero] = prob.shape[1]
+    prob /= prob_sum.reshape((prob.shape[0], -1))
+    return prob
 
 
 def training_data(corpus: pa.Table) -> tuple[list[str], list[str], list[str], list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ def test_online_aggregates_equal_batch_recomputation(config: dict[str, Any]) -> 
     signals = BatchContentSignals(config, capability_model=False).compute(exchange_table(rows))
     for i, r in enumerate(rows):  # the service path: one exchange at a time
         enforcer.process([r], [metas[r["account_id"]]], signals.slice(i, 1))
-    batch = pl.from_arrow(exchange_table(rows).select(["account_id", "input_tokens"])).with_columns(
+    frame = pl.from_arrow(exchange_table(rows).select(["account_id", "input_tokens"]))
+    assert isinstance(frame, pl.DataFrame)
+    batch = frame.with_columns(
         content_scores(exchange_table(rows))["reasoning_elicitation"].alias("reasoning")
     )
     expected = batch.group_by("account_id").agg(
@@ -114,7 +117,8 @@ def test_new_account_linked_to_known_campaign_is_acted_on_at_first_request(confi
     campaigns = {"campaigns": [{"id": "cl-1", "members": ["old-1", "old-2"], "confidence": 0.99,
                                 "shared_indicators": [{"kind": "payment", "key": "card-hydra", "key_weight": 0.9},
                                                       {"kind": "prefix", "key": "100.64.7.0/24|20001", "key_weight": 0.8}]}]}  # fmt: skip
-    verdicts = [{"account_id": "old-1", "action": "suspend"}, {"account_id": "old-2", "action": "challenge"}]
+    verdicts: list[Mapping[str, Any]] = [{"account_id": "old-1", "action": "suspend"},
+                                         {"account_id": "old-2", "action": "challenge"}]  # fmt: skip
     known = KnownCampaigns.from_documents(campaigns, verdicts, 0.3, "detect-run")
     enforcer = _enforcer(config, known)
     first = enforcer.process([{"request_id": "x1", "account_id": "fresh", "client_ip": "100.64.7.33", "model": "m",

@@ -51,9 +51,15 @@ from distillguard.core.detector import Detections, DetectorInfo, Level, Status
 from distillguard.core.errors import InvalidInputError, Problem
 from distillguard.core.schema import EXCHANGE_OPTIONAL, TS_TYPE
 from distillguard.signals.capability import CapabilityModel, load_model
-from distillguard.signals.network import network_context
-from distillguard.signals.phrases import grader_expr, reasoning_expr, rewrite_expr
-from distillguard.signals.template import TemplateIndex, TemplateParams
+from distillguard.signals.network import AddressContext, network_context
+from distillguard.signals.phrases import (
+    grader_expr,
+    reasoning_from_phrases,
+    reasoning_phrases,
+    rewrite_expr,
+)
+from distillguard.signals.template import TemplateIndex, TemplateParams, fingerprints
+from distillguard.signals.text import distinct
 
 NO_CONTENT: Final = "abstain: no content"
 NO_INTEL: Final = "abstain: address not in ip_intel"
@@ -120,31 +126,90 @@ def template_params(config: Mapping[str, Any]) -> TemplateParams:
     return TemplateParams(**section)
 
 
-def _frame(table: pa.Table) -> pl.DataFrame:
-    t = conform(table)
-    cols = ["prompt", "thinking", "input_tokens", "output_tokens"]
-    frame = pl.from_arrow(t.select(cols))
-    assert isinstance(frame, pl.DataFrame)
-    return frame
-
-
-def content_scores(table: pa.Table) -> pl.DataFrame:
-    """``has_content, reasoning_elicitation, grader_use, rewrite_request`` per row of ``table``."""
-    frame = _frame(table)
+def _prompt_content(prompts: pl.Series) -> pl.DataFrame:
+    """Prompt-only content signals per prompt: ``has_content, reasoning_phrases, grader_use, rewrite_request``."""
     # Requests for a trace sit in the opening or closing lines; the middle is payload.
     full = pl.col("prompt")
     clipped = pl.when(full.str.len_chars() > 2000).then(
         full.str.slice(0, 1500) + pl.lit("\n") + full.str.slice(-500)).otherwise(full)  # fmt: skip
-    ratio = pl.col("output_tokens").cast(pl.Float64) / pl.col("input_tokens").cast(pl.Float64).clip(1.0, None)
     has = full.is_not_null() & (full.str.strip_chars().str.len_chars() > 0)
-    frame = frame.with_columns(lowered=clipped.str.to_lowercase(), has_content=has, ratio=ratio)
+    frame = pl.DataFrame({"prompt": prompts}).with_columns(lowered=clipped.str.to_lowercase(), has_content=has)
     lowered, has_col = pl.col("lowered"), pl.col("has_content")
     return frame.select(
         has_content=has_col,
-        reasoning_elicitation=reasoning_expr(lowered, pl.col("thinking"), pl.col("ratio"), has_col),
+        reasoning_phrases=reasoning_phrases(lowered),
         grader_use=grader_expr(lowered, has_col),
         rewrite_request=rewrite_expr(lowered, has_col),
     )
+
+
+def _row_content(table: pa.Table, prompt_content: pl.DataFrame) -> pl.DataFrame:
+    """Per-exchange content scores from the per-row prompt part (:func:`_prompt_content` gathered to rows)."""
+    frame = pl.from_arrow(table.select(["thinking", "input_tokens", "output_tokens"]))
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.hstack(prompt_content)
+    ratio = pl.col("output_tokens").cast(pl.Float64) / pl.col("input_tokens").cast(pl.Float64).clip(1.0, None)
+    has_col = pl.col("has_content")
+    return frame.select(
+        has_content=has_col,
+        reasoning_elicitation=reasoning_from_phrases(pl.col("reasoning_phrases"), pl.col("thinking"), ratio, has_col),
+        grader_use=pl.col("grader_use"),
+        rewrite_request=pl.col("rewrite_request"),
+    )
+
+
+def content_scores(table: pa.Table) -> pl.DataFrame:
+    """``has_content, reasoning_elicitation, grader_use, rewrite_request`` per row of ``table``."""
+    t = conform(table)
+    uniq, index = distinct(t.column("prompt"))
+    return _row_content(t, _prompt_content(uniq)[pl.Series(index)])
+
+
+#: Distinct prompts whose prompt-only signals :class:`PromptSignals` remembers across batches (bounds memory).
+PROMPT_CACHE_ROWS: Final = 200_000
+#: ... and at most this many bytes of prompt text, so long prompts cannot blow the memory bound.
+PROMPT_CACHE_BYTES: Final = 256 << 20
+
+
+class PromptSignals:
+    """Prompt-only signals (phrases, capability, template fingerprint) per distinct prompt, remembered across batches.
+
+    Templated and scripted traffic sends the same prompts batch after batch; each is scored
+    once. Values are pure functions of the prompt (and model / template parameters), so a
+    remembered row equals a recomputed one. First in, first out beyond ``limit`` prompts or
+    ``max_bytes`` of prompt text.
+    """
+
+    def __init__(
+        self, model: CapabilityModel, params: TemplateParams, limit: int = PROMPT_CACHE_ROWS,
+        max_bytes: int = PROMPT_CACHE_BYTES,
+    ) -> None:  # fmt: skip
+        self.model, self.params, self.limit, self.max_bytes = model, params, limit, max_bytes
+        self._cache: pl.DataFrame | None = None
+
+    def _compute(self, prompts: pl.Series) -> pl.DataFrame:
+        label, conf = self.model.predict(prompts)
+        full, short, keys = fingerprints(prompts, self.params)
+        return _prompt_content(prompts).with_columns(
+            prompt=prompts, capability=label, capability_conf=pl.Series(conf, dtype=pl.Float64),
+            full_hash=pl.Series(full, dtype=pl.UInt64), scaffold_hash=pl.Series(short, dtype=pl.UInt64),
+            band_keys=pl.Series(keys, dtype=pl.Array(pl.UInt64, self.params.bands)),
+        )  # fmt: skip
+
+    def lookup(self, prompts: pl.Series) -> pl.DataFrame:
+        """One row per (distinct) prompt, in order: the :meth:`_compute` columns, without ``prompt``."""
+        keyed = pl.DataFrame({"prompt": prompts})
+        if self._cache is None:
+            table = self._compute(prompts)
+        else:
+            missing = keyed.join(self._cache.select("prompt"), on="prompt", how="anti", nulls_equal=True)["prompt"]
+            table = pl.concat([self._cache, self._compute(missing)]) if len(missing) else self._cache
+        kept = table.tail(self.limit)
+        newest_bytes = kept["prompt"].str.len_bytes().fill_null(0).reverse().cum_sum().reverse()
+        self._cache = kept.filter(newest_bytes <= self.max_bytes)
+        out = keyed.join(table, on="prompt", how="left", maintain_order="left", nulls_equal=True)
+        assert out.height == len(prompts)
+        return out.drop("prompt")
 
 
 def exchange_signals(
@@ -153,15 +218,30 @@ def exchange_signals(
     model: CapabilityModel,
     index: TemplateIndex,
     intel: pa.Table | None,
+    prompts: PromptSignals | None = None,
+    addresses: AddressContext | None = None,
 ) -> pa.Table:
-    """The signals table (:data:`SIGNAL_SCHEMA`) for one batch of contract exchanges."""
+    """The signals table (:data:`SIGNAL_SCHEMA`) for one batch of contract exchanges.
+
+    Every prompt-only signal (phrases, capability, template fingerprint) is computed once per
+    distinct prompt (and, with ``prompts`` carried over batches, once per run) and gathered
+    back: API traffic repeats prompts heavily and the regex / classifier work dominates.
+    Results equal the row-by-row computation (``tests/signals/test_exchange_fast.py``).
+    """
     t = conform(table)
-    content = content_scores(t)
-    prompts = pl.Series(values=t.column("prompt")).cast(pl.String)
-    label, conf = model.predict(prompts)
-    tid, shash, valid = index.assign(prompts)
-    net = network_context(t.column("client_ip"), intel)
+    uniq, rows = distinct(t.column("prompt"))
+    cache = prompts if prompts is not None else PromptSignals(model, index.params)
+    per = cache.lookup(uniq)
+    weights = np.bincount(rows, minlength=len(uniq)).astype(np.float64)
+    tid, shash, valid = index.assign_fingerprints(
+        per["full_hash"].to_numpy(), per["scaffold_hash"].to_numpy(), per["band_keys"].to_numpy(), weights
+    )
+    gather = pl.Series(rows)
+    content = _row_content(t, per.select("has_content", "reasoning_phrases", "grader_use", "rewrite_request")[gather])
+    net = addresses(t.column("client_ip")) if addresses is not None else network_context(t.column("client_ip"), intel)
     has = content["has_content"].to_numpy()
+    conf = per["capability_conf"].to_numpy()[rows]
+    tid, shash, valid = tid[rows], shash[rows], valid[rows]
     columns: dict[str, Any] = {name: t.column(name) for name in (
         "request_id", "account_id", "end_user_id", "api_key_id", "ts", "model", "client_ip")}  # fmt: skip
     columns.update(
@@ -174,7 +254,7 @@ def exchange_signals(
         thinking=t.column("thinking"),
         tools_count=t.column("tools_count"),
         system_prompt_sha256=t.column("system_prompt_sha256"),
-        capability=label.to_arrow(),
+        capability=per["capability"].to_arrow().take(pa.array(rows)),
         capability_conf=pa.array(conf, mask=~has | np.isnan(conf)),
         reasoning_elicitation=content["reasoning_elicitation"].to_arrow(),
         grader_use=content["grader_use"].to_arrow(),
@@ -205,6 +285,8 @@ def compute_exchange_signals(
     rows = int(section.get("batch_rows", 250_000))
     model = load_model()
     index = TemplateIndex(template_params(config))
+    prompt_signals = PromptSignals(model, index.params)
+    addresses = AddressContext(log.ip_intel)
     dataset = log.exchanges
     total = dataset.count_rows()
     out_dir = Path(work_dir) / "signals" if work_dir is not None else None
@@ -220,7 +302,10 @@ def compute_exchange_signals(
     ) as progress:  # fmt: skip
         task = progress.add_task("signals", total=total)
         for i, batch in enumerate(_batches(dataset, rows)):
-            signals = exchange_signals(batch.select(columns), model=model, index=index, intel=log.ip_intel)
+            signals = exchange_signals(
+                batch.select(columns), model=model, index=index, intel=log.ip_intel, prompts=prompt_signals,
+                addresses=addresses,
+            )
             if out_dir is not None:
                 with atomic_path(out_dir / f"part-{i:05d}.parquet") as staged:
                     pq.write_table(signals, staged, compression="zstd")

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from distillguard.core.schema import IP_INTEL_SCHEMA
 from distillguard.ingest.ipintel import lookup, parse_ips
+from distillguard.signals.text import distinct_arrow
 
 
 def ip_prefixes(ips: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -48,11 +49,51 @@ def ip_prefixes(ips: pa.Array | pa.ChunkedArray) -> pa.Array:
 def network_context(ips: pa.Array | pa.ChunkedArray, intel: pa.Table | None) -> pa.Table:
     """``ip_prefix, asn, network_kind`` per address (kind ``unknown`` outside every intel row)."""
     table = intel if intel is not None else IP_INTEL_SCHEMA.empty_table()
-    hit = lookup(ips, table)
-    return pa.table(
+    # Each distinct address once: a batch has far fewer addresses than exchanges.
+    uniq, index = distinct_arrow(ips)
+    hit = lookup(uniq, table)
+    per_address = pa.table(
         {
-            "ip_prefix": ip_prefixes(ips).cast(pa.string()),
+            "ip_prefix": ip_prefixes(uniq).cast(pa.string()),
             "asn": hit.column("asn").cast(pa.int64()),
             "network_kind": hit.column("kind").cast(pa.string()),
         }
     )
+    return per_address.take(pa.array(index))
+
+
+class AddressContext:
+    """:func:`network_context` remembering each distinct address across batches (clients recur batch after batch).
+
+    First in, first out beyond ``limit`` addresses; a remembered row equals a recomputed one.
+    """
+
+    def __init__(self, intel: pa.Table | None, limit: int = 1_000_000) -> None:
+        self.intel, self.limit = intel, limit
+        self._cache: pl.DataFrame | None = None
+
+    def _compute(self, ips: pl.Series) -> pl.DataFrame:
+        found = pl.from_arrow(network_context(ips.to_arrow(), self.intel))
+        assert isinstance(found, pl.DataFrame)
+        return found.with_columns(ip=ips)
+
+    def __call__(self, ips: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """Same table as ``network_context(ips, intel)``."""
+        uniq, index = distinct_arrow(ips)
+        keyed = pl.DataFrame({"ip": pl.Series(values=uniq).cast(pl.String)})
+        if self._cache is None:
+            table = self._compute(keyed["ip"])
+        else:
+            missing = keyed.join(self._cache.select("ip"), on="ip", how="anti", nulls_equal=True)["ip"]
+            table = pl.concat([self._cache, self._compute(missing)]) if len(missing) else self._cache
+        self._cache = table.tail(self.limit)
+        out = keyed.join(table, on="ip", how="left", maintain_order="left", nulls_equal=True)
+        assert out.height == len(uniq)
+        per_address = out.select("ip_prefix", "asn", "network_kind").to_arrow().take(pa.array(index))
+        return pa.table(
+            {
+                "ip_prefix": per_address.column("ip_prefix").cast(pa.string()),
+                "asn": per_address.column("asn").cast(pa.int64()),
+                "network_kind": per_address.column("network_kind").cast(pa.string()),
+            }
+        )

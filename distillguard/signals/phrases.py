@@ -59,8 +59,20 @@ REWRITE_BIAS: Final = -3.8
 
 def reasoning_expr(prompt: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, has_content: pl.Expr) -> pl.Expr:
     """Reasoning-elicitation probability of a lower-cased prompt; null without content."""
-    logit = phrase_score(prompt, REASONING_PHRASES, REASONING_BIAS)
-    logit = logit + thinking.fill_null(False).cast(pl.Float64) * 0.8
+    return reasoning_from_phrases(reasoning_phrases(prompt), thinking, ratio, has_content)
+
+
+def reasoning_phrases(prompt: pl.Expr) -> pl.Expr:
+    """The prompt-only part of the reasoning log-odds (bias + phrase weights) of a lower-cased prompt."""
+    return phrase_score(prompt, REASONING_PHRASES, REASONING_BIAS)
+
+
+def reasoning_from_phrases(phrases: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, has_content: pl.Expr) -> pl.Expr:
+    """Reasoning-elicitation probability from :func:`reasoning_phrases` plus the per-exchange terms.
+
+    Split so the regex part runs once per distinct prompt and the cheap per-exchange terms per row.
+    """
+    logit = phrases + thinking.fill_null(False).cast(pl.Float64) * 0.8
     # Long outputs for short prompts are what reasoning traces look like; capped so it only nudges.
     logit = logit + (ratio.fill_null(1.0).clip(0.05, 50.0).log(2.0) * 0.25).clip(-0.5, 1.0)
     return pl.when(has_content).then(sigmoid(logit)).otherwise(None)

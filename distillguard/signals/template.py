@@ -14,6 +14,10 @@ not depend on row order.
 (``anchors``: band key -> id), so a template keeps its id from batch to batch; singletons are not
 remembered, which bounds memory by the number of *repeated* templates.
 
+:func:`fingerprints` is everything that depends on a prompt alone (hashes, band keys), so
+callers may compute it once per distinct prompt and cache it; :meth:`TemplateIndex.assign_fingerprints`
+then labels a batch given how many exchanges each distinct prompt stands for.
+
 ``scaffold_hash`` is the cheap exact alternative: xxh64 of the first
 ``scaffold_chars`` characters of the masked scaffold.
 """
@@ -28,7 +32,7 @@ import polars as pl
 import rensa
 
 from distillguard.core.errors import ConfigError
-from distillguard.signals.text import hash_strings, mask_slots, splitmix64
+from distillguard.signals.text import distinct, hash_strings, mask_slots, splitmix64
 
 MINHASH_SEED: Final = 20260601
 
@@ -133,6 +137,22 @@ def band_keys(words: pl.Series, params: TemplateParams) -> np.ndarray:
     return keys
 
 
+def fingerprints(prompts: pl.Series, params: TemplateParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(full_hash, scaffold_hash, band_keys)`` per prompt: everything about a template that depends on the prompt alone.
+
+    Hashes are 0 and key rows 0 where the prompt has no scaffold words; ``band_keys`` is rows x bands.
+    """
+    words, exact = scaffolds(prompts, params)
+    valid = exact.full_hash != 0
+    keys = np.zeros((len(prompts), params.bands), dtype=np.uint64)
+    if valid.any():
+        # Distinct scaffolds only: paraphrased prompts of one template often share the scaffold.
+        _, first, inverse = np.unique(exact.full_hash[valid], return_index=True, return_inverse=True)
+        valid_idx = np.flatnonzero(valid)
+        keys[valid] = band_keys(words["words"].gather(valid_idx[first]), params)[inverse.ravel()]
+    return exact.full_hash, exact.scaffold_hash, keys
+
+
 @dataclass
 class TemplateIndex:
     """Template ids stable across batches: remembers LSH band keys of templates seen more than once."""
@@ -141,24 +161,40 @@ class TemplateIndex:
     anchor_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     anchor_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
-    def assign(self, prompts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(template_id, scaffold_hash, valid)`` per row; ids/hashes are 0 where ``valid`` is False."""
-        words, exact = scaffolds(prompts, self.params)
-        n = len(prompts)
-        valid = exact.full_hash != 0
-        template = np.zeros(n, dtype=np.uint64)
+    def assign(
+        self, prompts: pl.Series, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(template_id, scaffold_hash, valid)`` per row; ids/hashes are 0 where ``valid`` is False.
+
+        ``weights`` (default 1 each) is how many exchanges each row stands for: passing the
+        distinct prompts of a batch with their counts gives exactly the ids of the full batch.
+        """
+        uniq, index = distinct(prompts)
+        rows = np.bincount(index, weights=weights, minlength=len(uniq))
+        tid, shash, valid = self._assign_distinct(uniq, rows)
+        return tid[index], shash[index], valid[index]
+
+    def _assign_distinct(self, prompts: pl.Series, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`assign` over distinct prompts, ``rows`` exchanges each."""
+        full, short, keys = fingerprints(prompts, self.params)
+        return self.assign_fingerprints(full, short, keys, rows)
+
+    def assign_fingerprints(
+        self, full_hash: np.ndarray, scaffold_hash: np.ndarray, keys: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`assign` from :func:`fingerprints` of distinct prompts standing for ``rows`` exchanges each.
+
+        Templates with more than one exchange become anchors, so later batches reuse their ids.
+        """
+        valid = full_hash != 0
+        template = np.zeros(len(full_hash), dtype=np.uint64)
         if not valid.any():
-            return template, exact.scaffold_hash, valid
-        # Distinct scaffolds only: templated traffic repeats them, so this is the big saving.
-        _, first, inverse, counts = np.unique(
-            exact.full_hash[valid], return_index=True, return_inverse=True, return_counts=True
-        )
-        valid_idx = np.flatnonzero(valid)
-        uwords = words["words"].gather(valid_idx[first])
-        keys = band_keys(uwords, self.params)
-        ids = self._components(keys, counts)
+            return template, scaffold_hash, valid
+        _, first, inverse = np.unique(full_hash[valid], return_index=True, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=rows[valid])
+        ids = self._components(keys[np.flatnonzero(valid)[first]], counts)
         template[valid] = ids[inverse]
-        return template, exact.scaffold_hash, valid
+        return template, scaffold_hash, valid
 
     def _components(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """One-hop LSH labelling: a scaffold takes the smallest seed among scaffolds sharing any band.

@@ -38,6 +38,29 @@ def mask_slots(texts: pl.Expr) -> pl.Expr:
     )
 
 
+def distinct_arrow(values: pl.Series | pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """``(uniq, index)`` with ``uniq.take(index) == values``: distinct strings (null is one of them), first-seen order.
+
+    Prompts, scaffolds and addresses repeat heavily in API traffic, so per-value work done
+    on ``uniq`` and gathered back by ``index`` costs what the vocabulary costs, not the log.
+    """
+    arr = values.to_arrow() if isinstance(values, pl.Series) else values
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if not pa.types.is_large_string(arr.type):
+        # large_string: one batch of long prompts can exceed the 2 GiB offsets of ``string``.
+        arr = arr.cast(pa.large_string())
+    encoded = pc.dictionary_encode(arr, null_encoding="encode")
+    index: np.ndarray = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return encoded.dictionary, index
+
+
+def distinct(values: pl.Series | pa.Array | pa.ChunkedArray) -> tuple[pl.Series, np.ndarray]:
+    """:func:`distinct_arrow` with the distinct values as a polars string Series."""
+    uniq, index = distinct_arrow(values)
+    return pl.Series(values=uniq).cast(pl.String), index
+
+
 def hash_strings(values: pl.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
     """xxh64 of each string (null -> 0); hashes only distinct values, so cost follows vocabulary size."""
     arr = values.to_arrow() if isinstance(values, pl.Series) else values

@@ -38,6 +38,7 @@ _ACCOUNT_COLS = (
 _SIGNAL_COLS = (
     "request_id",
     "account_id",
+    "end_user_id",
     "ts",
     "model",
     "client_ip",

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from distillguard.core.detector import Detections, DetectorInfo, Level, Status
-from distillguard.linking.edges import EDGE_KINDS
+from distillguard.linking.edges import EDGE_KINDS, evidence_families
 
 CLUSTER_FEATURE_VERSION = "1.0.0"
 
@@ -47,7 +47,8 @@ def cluster_features(
 
     Columns: cluster_id, size, n_exchanges, first_ts, last_ts, n_edges, density, mean_weight,
     share_<kind> (share of internal edges carrying that kind), n_kinds (kinds on at least
-    ``min_kind_share`` of edges), synchrony_share, top_capability, capability_top_share,
+    ``min_kind_share`` of edges, an IP and its prefix counting once — ``linking.kind_families``),
+    synchrony_share, top_capability, capability_top_share,
     n_classified.
     """
     min_share = float(config["linking"].get("min_kind_share", 0.2))
@@ -105,9 +106,19 @@ def cluster_features(
         *[pl.col(c).fill_null(0.0) for c in share_cols],
         pl.col("n_classified").fill_null(0).cast(pl.Int64),
     )
+    families = evidence_families(config)
+    family_aggs = [
+        pl.any_horizontal([pl.col(f"w_{k}") > 0 for k in kinds]).mean().alias(f"fam_{name}")
+        for name, kinds in families.items()
+    ]
+    fam = internal.group_by("ca").agg(*family_aggs).rename({"ca": "cluster_id"})
+    fam_cols = [f"fam_{name}" for name in families]
+    out = out.join(fam, on="cluster_id", how="left").with_columns(
+        *[pl.col(c).fill_null(0.0) for c in fam_cols]
+    )
     out = out.with_columns(
         density=pl.col("n_edges") / (pl.col("size") * (pl.col("size") - 1) / 2),
-        n_kinds=pl.sum_horizontal([(pl.col(c) >= min_share).cast(pl.Int64) for c in share_cols]),
+        n_kinds=pl.sum_horizontal([(pl.col(c) >= min_share).cast(pl.Int64) for c in fam_cols]),
         synchrony_share=pl.col("share_synchrony"),
     ).sort("cluster_id")
     schema = _empty_features().schema

@@ -8,7 +8,9 @@ a relabelled input gives the same partition.
 
 A member must be tied to a real share of its cluster (``min_member_share`` of the other members,
 and at least two of them): one customer who happened to share a proxy exit or a popular prompt
-with one or two campaign accounts is attached by a thread, not a part of the operation.
+with one or two campaign accounts is attached by a thread, not a part of the operation. And a
+member must show the cluster's signature (its evidence families): a batch customer on the same
+cloud egress as a campaign whose heads also share scaffolds is tied by the network alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import igraph as ig
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from distillguard.linking.edges import evidence_families
 
 MEMBERSHIP_SCHEMA = pa.schema(
     [pa.field("account_id", pa.string()), pa.field("cluster_id", pa.string())]
@@ -45,11 +49,33 @@ def _leiden(graph: ig.Graph, resolution: float, seed: int) -> list[int]:
     return list(parts.membership)
 
 
-def _rank(order: list[int], sub: ig.Graph) -> list[int]:
-    """Permutation putting ``sub``'s vertices (created in ascending id order) into ``order``."""
-    ascending = sorted(order)
-    position = {v: i for i, v in enumerate(order)}
-    return [position[v] for v in ascending]
+def _canonical_subgraph(graph: ig.Graph, verts: list[int]) -> ig.Graph:
+    """``graph`` induced on ``verts``, vertex i = verts[i], edges in order of the new positions.
+
+    Leiden visits vertices and their adjacency in storage order, so both the vertex order and
+    the edge order must come from a label-independent key, never from the original ids.
+    """
+    position = {v: i for i, v in enumerate(verts)}
+    rows: list[tuple[int, int, float]] = []
+    for edge in graph.es.select(_within=verts):
+        a, b = position[edge.source], position[edge.target]
+        rows.append((min(a, b), max(a, b), float(edge["weight"])))
+    rows.sort()
+    sub = ig.Graph(n=len(verts), edges=[(a, b) for a, b, _ in rows], directed=False)
+    sub.es["weight"] = [w for _, _, w in rows]
+    return sub
+
+
+def _structural_key(graph: ig.Graph, strength: list[float], v: int) -> tuple[object, ...]:
+    """Label-independent sort key: own strength, then the sorted (edge weight, neighbour
+    strength) pairs; names only break ties between structurally identical vertices."""
+    around: list[tuple[float, float]] = []
+    for e in graph.incident(v):
+        edge = graph.es[e]
+        other = edge.target if edge.source == v else edge.source
+        around.append((round(float(edge["weight"]), 9), round(strength[other], 9)))
+    around.sort()
+    return (-round(strength[v], 9), tuple(around))
 
 
 def _prune(graph: ig.Graph, verts: list[int], min_share: float, min_size: int) -> list[int]:
@@ -64,6 +90,43 @@ def _prune(graph: ig.Graph, verts: list[int], min_share: float, min_size: int) -
             return keep
         keep = [v for v, good in zip(keep, ok.tolist(), strict=True) if good]
     return []
+
+
+def _signature_members(
+    graph: ig.Graph,
+    families: np.ndarray,
+    verts: list[int],
+    min_kind_share: float,
+    signature_share: float,
+) -> list[int]:
+    """Members showing the cluster's own kinds of evidence, not just one of them.
+
+    The cluster's signature is the evidence families on at least ``signature_share`` (0.9) of
+    its internal edges — what nearly every pair of heads shares; a member must carry ``min(2, |signature|)`` of them on that share of its own
+    internal edges. A batch customer on the same cloud egress as a campaign whose heads also
+    share scaffolds is tied by the network alone: not part of the operation.
+    """
+    if families.shape[1] == 0 or len(verts) < 2:
+        return verts
+    eids = np.asarray([e.index for e in graph.es.select(_within=verts)], dtype=np.int64)
+    if eids.size == 0:
+        return verts
+    fam = families[eids]
+    signature = fam.mean(axis=0) >= signature_share
+    need = min(2, int(signature.sum()))
+    if need == 0:
+        return verts
+    ends = np.asarray([graph.es[int(e)].tuple for e in eids], dtype=np.int64)
+    index = {v: i for i, v in enumerate(verts)}
+    pos = np.vectorize(index.__getitem__, otypes=[np.int64])(ends)
+    n_edges = np.zeros(len(verts))
+    carried = np.zeros((len(verts), fam.shape[1]))
+    for side in (0, 1):
+        np.add.at(n_edges, pos[:, side], 1.0)
+        np.add.at(carried, pos[:, side], fam.astype(float))
+    share = carried / np.maximum(n_edges, 1.0)[:, None]
+    shown = ((share >= min_kind_share) & signature[None, :]).sum(axis=1)
+    return [v for v, k in zip(verts, shown.tolist(), strict=True) if k >= need]
 
 
 def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
@@ -84,6 +147,16 @@ def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     graph = ig.Graph(n=len(names), edges=pairs[order].tolist(), directed=False)
     graph.es["weight"] = weights[order].tolist()
+    # Per edge (graph edge id order): which evidence families it carries.
+    fam_cols = [
+        np.logical_or.reduce([strong[f"w_{k}"].to_numpy(zero_copy_only=False) > 0 for k in kinds])
+        for kinds in evidence_families(config).values()
+        if all(f"w_{k}" in strong.column_names for k in kinds)
+    ]
+    families = (
+        np.column_stack(fam_cols)[order] if fam_cols else np.zeros((len(order), 0), dtype=bool)
+    )
+    min_kind_share = float(config["linking"].get("min_kind_share", 0.2))
     min_size = int(gcfg["min_cluster_size"])
     strength = graph.strength(weights="weight")
     leiden_min = int(gcfg["leiden_min_size"])
@@ -95,11 +168,10 @@ def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
         if len(comp) <= leiden_min:
             parts.append(sorted(comp))
             continue
-        # Leiden's result depends on vertex order: order by weighted degree (names only break
-        # exact ties) so renaming the accounts does not change the partition.
-        verts = sorted(comp, key=lambda v: (-round(strength[v], 9), str(names[v])))
-        sub = graph.subgraph(verts, implementation="create_from_scratch")
-        sub = sub.permute_vertices(_rank(verts, sub))
+        # Leiden's result depends on vertex and edge order: order by a structural key (names
+        # only break ties between identical vertices) so renaming accounts changes nothing.
+        verts = sorted(comp, key=lambda v: (_structural_key(graph, strength, v), str(names[v])))
+        sub = _canonical_subgraph(graph, verts)
         labels = _leiden(sub, float(gcfg["resolution"]), int(gcfg["seed"]))
         by_label: dict[int, list[int]] = {}
         for v, label in zip(verts, labels, strict=True):
@@ -108,6 +180,11 @@ def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
     groups: list[list[str]] = []
     for part in parts:
         kept = _prune(graph, part, min_share, min_size) if min_share > 0 else part
+        signed = _signature_members(
+            graph, families, kept, min_kind_share, float(gcfg.get("signature_share", 1.01))
+        )
+        if len(signed) < len(kept):
+            kept = _prune(graph, signed, min_share, min_size) if min_share > 0 else signed
         if len(kept) >= min_size:
             groups.append([str(names[v]) for v in kept])
     rows_a: list[str] = []

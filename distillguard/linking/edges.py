@@ -28,6 +28,8 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from distillguard.core.errors import ConfigError
+
 EDGE_KINDS: tuple[str, ...] = (
     "payment",
     "ip",
@@ -272,6 +274,68 @@ def _synchrony(
     return pairs, members
 
 
+def evidence_families(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Independent kinds of evidence: configured groups of edge kinds (an IP and its prefix are
+    one network fact), every other kind on its own. Sorted by family name."""
+    grouped: dict[str, list[str]] = {
+        str(name): [str(k) for k in kinds]
+        for name, kinds in (config["linking"].get("kind_families") or {}).items()
+        if kinds
+    }
+    taken = {k for kinds in grouped.values() for k in kinds}
+    unknown = taken - set(EDGE_KINDS)
+    if unknown:
+        raise ConfigError(f"linking.kind_families names unknown kinds: {sorted(unknown)}")
+    families = {k: [k] for k in EDGE_KINDS if k not in taken}
+    families.update(grouped)
+    return dict(sorted(families.items()))
+
+
+def _discount_vouched_pairs(
+    edges: ir.Table,
+    signals: ir.Table,
+    accounts: ir.Table,
+    discount: float,
+    lcfg: Mapping[str, Any],
+) -> ir.Table:
+    """Multiply the edge between two *vouched* accounts by ``discount``.
+
+    Vouched pairs: two identity-verified (KYC) accounts, or any pair with a platform serving at
+    least ``platform_min_end_users`` distinct end users (reseller, SaaS backend, coding-agent
+    product). Accountable businesses, not throwaway hydra heads: sharing a cloud egress, a
+    datacenter prefix or a popular scaffold with them is ordinary. A hydra head gains nothing by claiming
+    end users unless every head does, and the accounts' own behaviour is still scored.
+    """
+    vouched = ibis.literal(False)
+    if "verification" in accounts.columns:
+        vouched = accounts.verification.fill_null("") == "kyc"
+    acc = accounts.select(v_id=accounts.account_id, vouched=vouched, platform=ibis.literal(False))
+    min_users = int(lcfg.get("platform_min_end_users", 0))
+    if min_users > 0 and "end_user_id" in signals.columns:
+        users = signals.group_by("account_id").agg(n_users=signals.end_user_id.nunique())
+        platforms = users.filter(users.n_users >= min_users).select(p_id=users.account_id)
+        acc = acc.left_join(platforms, acc.v_id == platforms.p_id)
+        acc = acc.select("v_id", vouched=acc.vouched, platform=acc.p_id.notnull())
+    va = acc.select(va_id=acc.v_id, va=acc.vouched, pa_=acc.platform)
+    vb = acc.select(vb_id=acc.v_id, vb=acc.vouched, pb_=acc.platform)
+    e = edges.left_join(va, edges.account_a == va.va_id).left_join(vb, edges.account_b == vb.vb_id)
+    # Two KYC customers vouch for each other; a platform's traffic mixes thousands of people, so
+    # anything anyone shares with it (an egress, a scaffold, a schedule) says little about either.
+    both = (
+        (e.va.fill_null(False) & e.vb.fill_null(False))
+        | e.pa_.fill_null(False)
+        | e.pb_.fill_null(False)
+    )
+    factor = ibis.ifelse(both, discount, 1.0)
+    return e.select(
+        "account_a",
+        "account_b",
+        weight=(e.weight * factor).cast("float64"),
+        n_kinds=e.n_kinds,
+        **{f"w_{k}": (e[f"w_{k}"] * factor).cast("float64") for k in EDGE_KINDS},
+    )
+
+
 def edge_expressions(
     signals: ir.Table, accounts: ir.Table, config: Mapping[str, Any]
 ) -> tuple[ir.Table, ir.Table]:
@@ -321,23 +385,8 @@ def edge_expressions(
         **aggs,
     )
     discount = float(lcfg.get("verified_pair_discount", 1.0))
-    if discount < 1.0 and "verification" in accounts.columns:
-        # Two identity-verified (KYC) customers are not throwaway hydra heads: sharing a cloud
-        # egress or a benchmark between them is ordinary, so their whole edge counts for less.
-        va = accounts.select(va_id=accounts.account_id, va=accounts.verification)
-        vb = accounts.select(vb_id=accounts.account_id, vb=accounts.verification)
-        e = edges.left_join(va, edges.account_a == va.va_id).left_join(
-            vb, edges.account_b == vb.vb_id
-        )
-        both = (e.va.fill_null("") == "kyc") & (e.vb.fill_null("") == "kyc")
-        factor = ibis.ifelse(both, discount, 1.0)
-        edges = e.select(
-            "account_a",
-            "account_b",
-            weight=(e.weight * factor).cast("float64"),
-            n_kinds=e.n_kinds,
-            **{f"w_{k}": (e[f"w_{k}"] * factor).cast("float64") for k in EDGE_KINDS},
-        )
+    if discount < 1.0:
+        edges = _discount_vouched_pairs(edges, signals, accounts, discount, lcfg)
     edges = edges.order_by(["account_a", "account_b"])
     indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])
     return edges, indicators

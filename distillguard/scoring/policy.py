@@ -7,6 +7,13 @@ Thresholds on the [0, 1] score give the base action. Two rules then cap it:
 * ``suspend_requires_cluster`` — suspend needs cluster evidence of at least
   ``min_cluster_contribution`` (log-odds) *and* a non-volume reason; otherwise it is capped at
   ``challenge``. So no volume signal alone can ever justify suspend.
+* ``min_evidence_kinds`` — throttle and above need that many *independent* kinds of evidence.
+  A cluster brings as many kinds as its indicator families (``cluster.indicator_diversity``'s
+  value: an IP and its prefix are one family, payment another, sign-up wave another, ...);
+  signals derived from the same edges (``edge_derived_signals``: linkage, synchrony) add
+  nothing more; every other non-volume reason (own behaviour, capability focus) adds one.
+  A group of people behind one residential IP has one kind, however strong; otherwise capped
+  at ``monitor``.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ class Policy:
     min_cluster_contribution: float
     flag_requires_non_volume_reason: bool
     min_reason_contribution: float
+    min_evidence_kinds: int = 0
+    evidence_count_signal: str = "cluster.indicator_diversity"
+    edge_derived_signals: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Policy:
@@ -54,7 +64,27 @@ class Policy:
             min_cluster_contribution=float(pcfg["min_cluster_contribution"]),
             flag_requires_non_volume_reason=bool(pcfg["flag_requires_non_volume_reason"]),
             min_reason_contribution=float(config["scoring"]["min_reason_contribution"]),
+            min_evidence_kinds=int(pcfg.get("min_evidence_kinds", 0)),
+            evidence_count_signal=str(
+                pcfg.get("evidence_count_signal", "cluster.indicator_diversity")
+            ),
+            edge_derived_signals=frozenset(pcfg.get("edge_derived_signals", ())),
         )
+
+    def evidence_kinds(self, scored: Scored) -> np.ndarray:
+        """Independent kinds of evidence behind each account's score (see module docstring)."""
+        c = scored.contributions
+        kinds = np.zeros(c.shape[0], dtype=np.int64)
+        for j, spec in enumerate(scored.specs):
+            present = c[:, j] >= self.min_reason_contribution
+            if spec.volume or spec.detector.split("@")[0] in self.edge_derived_signals:
+                continue
+            if spec.detector.split("@")[0] == self.evidence_count_signal:
+                n = np.nan_to_num(scored.values[:, j]).astype(np.int64)
+                kinds += np.where(present, n, 0)
+            else:
+                kinds += present.astype(np.int64)
+        return kinds
 
     def decide(self, scored: Scored) -> np.ndarray:
         """Action rank per account (aligned with ``scored.accounts``), as int array."""
@@ -79,6 +109,9 @@ class Policy:
         )
         if self.flag_requires_non_volume_reason:
             rank = np.where(~non_volume, np.minimum(rank, Action.MONITOR.rank), rank)
+        if self.min_evidence_kinds > 0:
+            enough = self.evidence_kinds(scored) >= self.min_evidence_kinds
+            rank = np.where(~enough, np.minimum(rank, Action.MONITOR.rank), rank)
         suspend_ok = non_volume
         if self.suspend_requires_cluster:
             suspend_ok = suspend_ok & (cluster_total >= self.min_cluster_contribution)

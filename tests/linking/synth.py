@@ -91,12 +91,13 @@ class Synth:
         capability: str = "chat",
         system_prompt: str | None = None,
         model: str = "m-1",
+        end_user: str | None = None,
     ) -> None:
         self._n += 1
         row = {
             "request_id": f"r{self._n:07d}",
             "account_id": aid,
-            "end_user_id": None,
+            "end_user_id": end_user,
             "ts": ts,
             "model": model,
             "client_ip": ip,

@@ -85,3 +85,33 @@ def test_a_customer_tied_by_one_thread_is_pruned_from_the_cluster() -> None:
     assert members == set(ring)
     config["linking"]["graph"]["min_member_share"] = 0.0  # without the rule it is swept in
     assert "cust" in set(find_clusters(_edges(pairs), config)["account_id"].to_pylist())
+
+
+def test_member_without_the_cluster_signature_is_left_out() -> None:
+    # Twelve heads share an IP pool and a scaffold (two families on >= 90 % of edges); a batch
+    # customer on the same cloud egress is strongly tied to five heads, by the network alone.
+    heads = [f"h{i:02d}" for i in range(12)]
+    batch = ["b0"]
+    pairs = [(a, b, 4.0) for i, a in enumerate(heads) for b in heads[i + 1 :]]
+    pairs += [(c, h, 3.0) for c in batch for h in heads[:5]]
+    table = _edges(pairs)
+    in_batch = [
+        a in batch or b in batch
+        for a, b in zip(table["account_a"].to_pylist(), table["account_b"].to_pylist(), strict=True)
+    ]
+    table = table.set_column(
+        table.schema.get_field_index("w_ip"), "w_ip", pa.array([2.5] * table.num_rows)
+    )
+    table = table.set_column(
+        table.schema.get_field_index("w_template"),
+        "w_template",
+        pa.array([0.0 if b else 1.0 for b in in_batch]),
+    )
+    config = small_world_config()
+    members = set(find_clusters(table, config)["account_id"].to_pylist())
+    assert members == set(heads)
+    # Were the customer's edges also carrying a scaffold, it would belong.
+    table = table.set_column(
+        table.schema.get_field_index("w_template"), "w_template", pa.array([1.0] * table.num_rows)
+    )
+    assert set(find_clusters(table, config)["account_id"].to_pylist()) == set(heads + batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
+import pytest
 
 from distillguard.engines.embedded import EmbeddedEngine
 from distillguard.linking import LinkResult
@@ -78,6 +79,34 @@ def test_shared_payment_fingerprint_links_and_rarity_matters() -> None:
     assert card.height == 3
     assert card["w_payment"].min() > 2.0
     assert edges.filter(pl.col("ga") == "benign")["w_payment"].sum() == 0.0
+
+
+def test_platforms_serving_many_end_users_are_discounted_like_kyc_pairs() -> None:
+    # Two resellers on one datacenter egress, each relaying many end users, and two plain
+    # accounts sharing a datacenter egress the same way: only the platforms' edge is discounted.
+    s = Synth(8)
+    add_background(s, n=40)
+    for group, n_users in (("plat", 12), ("pair", 0)):
+        for i in range(2):
+            aid = f"{group}-{i}"
+            s.account(aid, T0 - 300 * DAY, f"{aid}.example", f"pf-{aid}", f"9.9.{i}.9")
+            for j in range(24):
+                user = f"u{j % n_users}" if n_users else None
+                ip = "7.7.7.7" if group == "plat" else "8.8.8.8"
+                s.exchange(aid, T0 + j * 600 + i * 60, ip, "datacenter", end_user=user)
+    sig, acc = s.tables()
+    config = small_world_config()
+    weights = {}
+    for min_users in (5, 0):
+        config["linking"]["platform_min_end_users"] = min_users
+        engine = EmbeddedEngine()
+        e, _ = edge_expressions(engine.table("s", sig), engine.table("a", acc), config)
+        df = _group_edges(engine.to_arrow(e))
+        weights[min_users] = {g: _within(df, g)["weight"].sum() for g in ("plat", "pair")}
+    discount = config["linking"]["verified_pair_discount"]
+    assert weights[0]["plat"] > 0.5
+    assert weights[5]["plat"] == pytest.approx(weights[0]["plat"] * discount)
+    assert weights[5]["pair"] == pytest.approx(weights[0]["pair"])
 
 
 def test_signup_wave_from_related_ips() -> None:

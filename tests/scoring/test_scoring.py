@@ -30,14 +30,14 @@ def _features(n: int, seed: int = 0) -> pa.Table:
     )
 
 
-def _cluster_features(ids: list[str], strength: float) -> pa.Table:
+def _cluster_features(ids: list[str], strength: float, n_kinds: int = 4) -> pa.Table:
     n = len(ids)
     return pa.table(
         {
             "cluster_id": ids,
             "size": [30] * n,
             "mean_weight": [strength] * n,
-            "n_kinds": [4] * n,
+            "n_kinds": [n_kinds] * n,
             "capability_top_share": [0.95] * n,
             "n_classified": [100] * n,
             "synchrony_share": [0.9] * n,
@@ -120,6 +120,7 @@ def test_volume_alone_never_flags_or_suspends() -> None:
 
 def test_suspend_requires_cluster_evidence() -> None:
     config = _config()
+    config["policy"]["min_evidence_kinds"] = 1  # this test isolates the suspend rule
     config["scoring"]["account_signals"] = [
         {
             "name": "reasoning_share",
@@ -143,6 +144,32 @@ def test_suspend_requires_cluster_evidence() -> None:
     )
     scored = score_accounts(feats, membership, _dets(_cluster_features(["C-1"], 8.0)), config)
     assert Policy.from_config(config).decide(scored)[0] == Action.SUSPEND.rank
+
+
+def test_one_kind_of_evidence_however_strong_never_throttles() -> None:
+    # A group linked only by a shared residential IP (one family: IP + prefix) with strong
+    # edges: linkage alone would throttle, but it is one kind of evidence; a second family
+    # (a shared card, a sign-up wave) lets the same score act.
+    config = _config()
+    config["scoring"]["account_signals"] = []
+    config["scoring"]["cluster_signals"] = {
+        "cluster.linkage": {"weight": 8.0, "volume": False},
+        "cluster.indicator_diversity": {"weight": 1.0, "volume": False},
+    }
+    feats = _features(300)
+    membership = pa.table(
+        {"account_id": ["acct-0000", "acct-0001", "acct-0002"], "cluster_id": ["C-1"] * 3}
+    )
+    policy = Policy.from_config(config)
+    assert policy.min_evidence_kinds == 2
+    one = score_accounts(feats, membership, _dets(_cluster_features(["C-1"], 8.0, 1)), config)
+    assert float(one.accounts["score"][0].as_py()) > 0.04  # the score alone would suspend
+    assert policy.evidence_kinds(one)[0] == 1
+    assert policy.decide(one)[0] == Action.MONITOR.rank
+    two = score_accounts(feats, membership, _dets(_cluster_features(["C-1"], 8.0, 2)), config)
+    assert policy.evidence_kinds(two)[0] == 2
+    assert policy.decide(two)[0] >= Action.THROTTLE.rank
+    assert policy.decide(one)[5] == Action.ALLOW.rank  # an unlinked account is untouched
 
 
 def test_policy_rejects_unordered_thresholds() -> None:

@@ -427,8 +427,29 @@ def run_detect(logdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
         return detect_tables(signals, log.accounts, features, config, digests, progress=progress)
 
 
+def write_evidence(logdir: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> None:
+    """Signed case files per campaign (``OUTDIR/cases/``), then the analyst's report over them."""
+    from distillguard.evidence.cases import write_campaign_cases
+    from distillguard.evidence.report import build_report, report_data_from_outputs
+    from distillguard.ingest import load_log
+
+    with Progress(transient=False) as progress:
+        if (config.get("evidence") or {}).get("case_files", True):
+            task = progress.add_task("case files", total=None)
+            write_campaign_cases(load_log(Path(logdir), config).exchanges, outdir, config)
+            progress.update(task, total=1, completed=1)
+        task = progress.add_task("analyst report", total=None)
+        # The report reads the outputs just written, so `distillguard report` rebuilds the same page.
+        build_report(
+            report_data_from_outputs(Path(logdir), Path(outdir), config),
+            Path(outdir) / "report.html",
+        )
+        progress.update(task, total=1, completed=1)
+
+
 def detect(logdir: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
-    """``distillguard detect``: run the chain and write its outputs."""
+    """``distillguard detect``: run the chain and write its outputs, case files and report."""
     result = run_detect(logdir, config)
     write_outputs(result, outdir)
+    write_evidence(logdir, outdir, config)
     return result

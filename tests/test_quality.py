@@ -8,12 +8,14 @@ reserved for this test; tuning used 1-99, calibration 50-55 (policy.calibration)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from distillguard.core.config import load_config
 from distillguard.evaluate import EvaluationReport, evaluate_run
+from distillguard.evidence import read_manifest, verify_case
 from distillguard.pipeline import detect
 from distillguard.simulate import simulate
 
@@ -34,16 +36,34 @@ CASES = {
 
 
 @pytest.fixture(scope="session", params=sorted(CASES))
-def report(
+def detected(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> EvaluationReport:
+) -> tuple[Path, Path]:
     scenario, scale, seed = CASES[request.param]
     root = tmp_path_factory.mktemp(f"quality-{request.param}")
     logdir, outdir = root / "log", root / "out"
     simulate(scenario, scale, seed, logdir)
-    config = load_config()
-    detect(logdir, outdir, config)
-    return evaluate_run(Path(logdir), Path(outdir))
+    detect(logdir, outdir, load_config())
+    return logdir, outdir
+
+
+@pytest.fixture(scope="session")
+def report(detected: tuple[Path, Path]) -> EvaluationReport:
+    return evaluate_run(*detected)
+
+
+def test_every_campaign_has_a_verifiable_case_file_named_in_the_report(
+    detected: tuple[Path, Path],
+) -> None:
+    _, outdir = detected
+    campaigns = json.loads((outdir / "campaigns.json").read_text())["campaigns"]
+    page = (outdir / "report.html").read_text(encoding="utf-8")
+    assert campaigns
+    for campaign in campaigns:
+        case_dir = outdir / "cases" / campaign["id"]
+        verified = verify_case(case_dir)
+        assert verified.ok, verified.failures
+        assert read_manifest(case_dir).root in page
 
 
 def test_benign_false_positive_rate(report: EvaluationReport) -> None:

@@ -14,13 +14,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from rich.progress import Progress
 
-from distillguard.core.atomic import write_text_atomic
+from distillguard.core.atomic import atomic_path, write_text_atomic
 from distillguard.core.config import config_hash
 from distillguard.core.detector import Detections
 from distillguard.core.verdict import Action, Reason, Verdict
 from distillguard.engines.embedded import EmbeddedEngine
+from distillguard.evidence.report import CAMPAIGN_EDGES, edges_from_link
 from distillguard.features import REGISTRY as ACCOUNT_DETECTORS
 from distillguard.linking import CLUSTER_DETECTORS, LinkResult, link
 from distillguard.linking.edges import EDGE_DETECTOR_VERSION, EDGE_KINDS
@@ -59,6 +61,9 @@ class DetectResult:
     verdicts: tuple[Verdict, ...]
     campaigns: Mapping[str, Any]
     report_html: str
+    #: Linking's weighted edges inside each reported campaign (campaign_id, account_a, account_b,
+    #: weight, kind): what the report draws, so the drawing is the graph the verdicts rest on.
+    campaign_edges: pa.Table | None = None
 
 
 def _r(x: float, nd: int = 6) -> float | None:
@@ -374,7 +379,12 @@ def detect_tables(
     if progress and task is not None:
         progress.update(task, total=1, completed=1)
     doc = {"campaigns": campaigns, "run": run}
-    return DetectResult(tuple(verdicts), doc, _report(verdicts, campaigns, run))
+    return DetectResult(
+        tuple(verdicts),
+        doc,
+        _report(verdicts, campaigns, run),
+        edges_from_link(link_result.edges, campaigns),
+    )
 
 
 def write_outputs(result: DetectResult, outdir: str | Path) -> None:
@@ -390,6 +400,9 @@ def write_outputs(result: DetectResult, outdir: str | Path) -> None:
         out / "campaigns.json", json.dumps(result.campaigns, sort_keys=True, indent=1) + "\n"
     )
     write_text_atomic(out / "report.html", result.report_html)
+    if result.campaign_edges is not None:
+        with atomic_path(out / CAMPAIGN_EDGES) as staged:
+            pq.write_table(result.campaign_edges, staged)
 
 
 def _prepare(

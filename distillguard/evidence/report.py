@@ -23,6 +23,7 @@ import duckdb
 import jinja2
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from distillguard.core.atomic import write_text_atomic
@@ -42,6 +43,9 @@ SNIPPET_CHARS: Final = 120
 TOP_REASONS: Final = 6
 SAMPLE_IDS: Final = 3
 FLAGGED: Final = ("throttle", "challenge", "suspend")
+#: File in a detect output directory holding linking's edges inside each campaign.
+CAMPAIGN_EDGES = "campaign_edges.parquet"
+
 #: Seconds of the shared-address window used when edges are rebuilt from the raw log.
 IP_WINDOW_S: Final = 6 * 3600
 
@@ -271,7 +275,12 @@ def report_data_from_outputs(
         volume=volume.cast(VOLUME_SCHEMA),
         addresses=addresses.cast(ADDRESS_SCHEMA),
         accounts=member_accounts,
-        edges=edges.cast(EDGE_SCHEMA),
+        # linking's own weighted edges when detect wrote them; else the rebuild from raw keys
+        edges=(
+            pq.read_table(out / CAMPAIGN_EDGES).cast(EDGE_SCHEMA)
+            if (out / CAMPAIGN_EDGES).exists()
+            else edges.cast(EDGE_SCHEMA)
+        ),
         capabilities=capabilities_from_campaigns(campaigns),
         ip_intel=log.ip_intel,
         snippets=dict(zip(snippets["request_id"].to_pylist(), snippets["p"].to_pylist(), strict=True)),

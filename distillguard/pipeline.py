@@ -446,15 +446,16 @@ def write_evidence(logdir: str | Path, outdir: str | Path, config: Mapping[str, 
     from distillguard.evidence.report import build_report, report_data_from_outputs
     from distillguard.ingest import load_log
 
+    log = load_log(Path(logdir), config)
     with Progress(transient=False) as progress:
         if (config.get("evidence") or {}).get("case_files", True):
             task = progress.add_task("case files", total=None)
-            write_campaign_cases(load_log(Path(logdir), config).exchanges, outdir, config)
+            write_campaign_cases(log.exchanges, outdir, config)
             progress.update(task, total=1, completed=1)
         task = progress.add_task("analyst report", total=None)
         # The report reads the outputs just written, so `distillguard report` rebuilds the same page.
         build_report(
-            report_data_from_outputs(Path(logdir), Path(outdir), config),
+            report_data_from_outputs(log, Path(outdir), config),
             Path(outdir) / "report.html",
         )
         progress.update(task, total=1, completed=1)

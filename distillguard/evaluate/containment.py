@@ -68,19 +68,24 @@ def connect_exchanges(exchanges: ExchangeSource) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def exchange_counts(exchanges: ExchangeSource) -> pl.DataFrame:
-    """Exchanges per account: (account_id, exchanges, first_ms, last_ms)."""
+def query_exchanges(exchanges: ExchangeSource, sql: str, **tables: pl.DataFrame) -> pl.DataFrame:
+    """Run ``sql`` over view ``exchanges`` (plus ``tables`` registered by name); close the connection."""
     con = connect_exchanges(exchanges)
     try:
-        table = con.execute(
-            "SELECT account_id, count(*)::BIGINT AS exchanges, epoch_ms(min(ts)) AS first_ms,"
-            " epoch_ms(max(ts)) AS last_ms FROM exchanges GROUP BY account_id"
-        ).to_arrow_table()
+        for name, frame in tables.items():
+            con.register(name, frame.to_arrow())
+        return _frame(con, sql)
     finally:
         con.close()
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+
+
+def exchange_counts(exchanges: ExchangeSource) -> pl.DataFrame:
+    """Exchanges per account: (account_id, exchanges, first_ms, last_ms)."""
+    return query_exchanges(
+        exchanges,
+        "SELECT account_id, count(*)::BIGINT AS exchanges, epoch_ms(min(ts)) AS first_ms,"
+        " epoch_ms(max(ts)) AS last_ms FROM exchanges GROUP BY account_id",
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import polars as pl
 
 from distillguard.core.atomic import write_bytes_atomic
 from distillguard.core.errors import ConfigError
-from distillguard.evaluate.containment import ExchangeSource, connect_exchanges
+from distillguard.evaluate.containment import ExchangeSource, query_exchanges
 from distillguard.evaluate.logsource import open_log, require_labels
 
 GroupBy = Literal["persona", "label", "campaign"]
@@ -61,23 +61,17 @@ def traffic_bins(
     """Exchanges per (bin_ms start, group): columns ``bin`` (epoch ms), ``group``, ``exchanges``."""
     if by not in GROUP_BY_CHOICES:
         raise ConfigError(f"--by must be one of {', '.join(GROUP_BY_CHOICES)}, got {by!r}")
-    con = connect_exchanges(exchanges)
-    try:
-        con.register("labels", labels.to_arrow())
-        table = con.execute(
-            f"""
-            SELECT (epoch_ms(x.ts) // {int(bin_ms)}) * {int(bin_ms)} AS bin,
-                   {group_expression(by)} AS "group", count(*)::BIGINT AS exchanges
-            FROM exchanges x
-            LEFT JOIN labels l USING (account_id)
-            GROUP BY ALL ORDER BY bin, "group"
-            """
-        ).to_arrow_table()
-    finally:
-        con.close()
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    return query_exchanges(
+        exchanges,
+        f"""
+        SELECT (epoch_ms(x.ts) // {int(bin_ms)}) * {int(bin_ms)} AS bin,
+               {group_expression(by)} AS "group", count(*)::BIGINT AS exchanges
+        FROM exchanges x
+        LEFT JOIN labels l USING (account_id)
+        GROUP BY ALL ORDER BY bin, "group"
+        """,
+        labels=labels,
+    )
 
 
 @dataclass(frozen=True)

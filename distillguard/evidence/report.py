@@ -38,6 +38,7 @@ from distillguard.evidence.plots import (
     share_bars,
     volume_plot,
 )
+from distillguard.ingest import Log, load_log
 
 SNIPPET_CHARS: Final = 120
 TOP_REASONS: Final = 6
@@ -191,21 +192,20 @@ def _case_files(outdir: Path) -> dict[str, CaseRef]:
 
 
 def report_data_from_outputs(
-    logdir: str | Path, outdir: str | Path, config: Mapping[str, Any] | None = None
+    logdir: str | Path | Log, outdir: str | Path, config: Mapping[str, Any] | None = None
 ) -> ReportData:
     """Rebuild the report's data from ``detect``'s outputs in ``outdir`` and the log it read.
 
+    ``logdir`` may be an already loaded ``Log``, so a caller that holds one reads it once.
     Volumes, addresses and prompt snippets are DuckDB aggregations over the exchanges
-    dataset. The graph is rebuilt from keys shared in the raw log (payment instrument, exit
-    address in the same 6 h, system prompt, sign-up /24): close to, but not exactly, the
-    linking stage's weighted graph, which ``detect`` does not write out.
+    dataset. The graph is linking's own weighted edges (``campaign_edges.parquet``) when
+    ``detect`` wrote them; otherwise it is rebuilt from keys shared in the raw log (payment
+    instrument, exit address in the same 6 h, system prompt, sign-up /24).
     """
-    from distillguard.ingest import load_log
-
     out = Path(outdir)
     doc, verdicts = _read_outputs(out)
     campaigns: list[dict[str, Any]] = doc["campaigns"]
-    log = load_log(Path(logdir), config)
+    log = logdir if isinstance(logdir, Log) else load_log(Path(logdir), config)
     members = pa.table(
         {
             "campaign_id": pa.array([str(c["id"]) for c in campaigns for _ in c["members"]], pa.string()),

@@ -59,7 +59,11 @@ VOLUME_SCHEMA: Final = pa.schema(
     ]
 )
 ADDRESS_SCHEMA: Final = pa.schema(
-    [pa.field("campaign_id", pa.string()), pa.field("client_ip", pa.string()), pa.field("n", pa.int64())]
+    [
+        pa.field("campaign_id", pa.string()),
+        pa.field("client_ip", pa.string()),
+        pa.field("n", pa.int64()),
+    ]
 )
 EDGE_SCHEMA: Final = pa.schema(
     [
@@ -71,7 +75,11 @@ EDGE_SCHEMA: Final = pa.schema(
     ]
 )
 CAPABILITY_SCHEMA: Final = pa.schema(
-    [pa.field("campaign_id", pa.string()), pa.field("capability", pa.string()), pa.field("share", pa.float64())]
+    [
+        pa.field("campaign_id", pa.string()),
+        pa.field("capability", pa.string()),
+        pa.field("share", pa.float64()),
+    ]
 )
 
 
@@ -124,7 +132,15 @@ def edges_from_link(edges: pa.Table, campaigns: Sequence[Mapping[str, Any]]) -> 
         .join(members.rename({"account": "account_b", "campaign_id": "cb"}), on="account_b")
         .filter(pl.col("campaign_id") == pl.col("cb"))
         .with_columns(kind=best.map_elements(lambda i: names[i], return_dtype=pl.String))
-        .select("campaign_id", "account_a", "account_b", pl.col("weight").cast(pl.Float64), "kind")
+        # DuckDB sums edge weights in parallel, so the last bits vary run to run; rounding keeps
+        # campaign_edges.parquet and the graph layout drawn from it byte-identical per input.
+        .select(
+            "campaign_id",
+            "account_a",
+            "account_b",
+            pl.col("weight").cast(pl.Float64).round(9),
+            "kind",
+        )
         .sort("campaign_id", "account_a", "account_b")
     )
     return out.to_arrow().cast(EDGE_SCHEMA)
@@ -157,7 +173,9 @@ def _read_outputs(outdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         doc = json.loads(camp_path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise DistillguardError(f"cannot read {camp_path}: {exc.strerror}; run `detect` first") from exc
+        raise DistillguardError(
+            f"cannot read {camp_path}: {exc.strerror}; run `detect` first"
+        ) from exc
     except ValueError as exc:
         raise DistillguardError(f"{camp_path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("campaigns"), list):
@@ -166,7 +184,9 @@ def _read_outputs(outdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         lines = verdict_path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise DistillguardError(f"cannot read {verdict_path}: {exc.strerror}; run `detect` first") from exc
+        raise DistillguardError(
+            f"cannot read {verdict_path}: {exc.strerror}; run `detect` first"
+        ) from exc
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -186,7 +206,13 @@ def _case_files(outdir: Path) -> dict[str, CaseRef]:
             continue  # not a case directory (a disclosure bundle or something else)
         refs.setdefault(
             m.campaign_id,
-            CaseRef(m.campaign_id, m.root, m.tree_size, m.key_fingerprint, str(manifest.parent.relative_to(outdir))),
+            CaseRef(
+                m.campaign_id,
+                m.root,
+                m.tree_size,
+                m.key_fingerprint,
+                str(manifest.parent.relative_to(outdir)),
+            ),
         )
     return refs
 
@@ -208,7 +234,9 @@ def report_data_from_outputs(
     log = logdir if isinstance(logdir, Log) else load_log(Path(logdir), config)
     members = pa.table(
         {
-            "campaign_id": pa.array([str(c["id"]) for c in campaigns for _ in c["members"]], pa.string()),
+            "campaign_id": pa.array(
+                [str(c["id"]) for c in campaigns for _ in c["members"]], pa.string()
+            ),
             "account_id": pa.array([str(m) for c in campaigns for m in c["members"]], pa.string()),
         }
     )
@@ -283,7 +311,9 @@ def report_data_from_outputs(
         ),
         capabilities=capabilities_from_campaigns(campaigns),
         ip_intel=log.ip_intel,
-        snippets=dict(zip(snippets["request_id"].to_pylist(), snippets["p"].to_pylist(), strict=True)),
+        snippets=dict(
+            zip(snippets["request_id"].to_pylist(), snippets["p"].to_pylist(), strict=True)
+        ),
         labels=log.labels,
         case_files=_case_files(out),
     )
@@ -321,7 +351,9 @@ def _top_reasons(
     return rows[:TOP_REASONS]
 
 
-def _pivot(hours: list[datetime], by_model: Mapping[str, list[int]], first_seen: Mapping[str, datetime]) -> tuple[datetime, str] | None:
+def _pivot(
+    hours: list[datetime], by_model: Mapping[str, list[int]], first_seen: Mapping[str, datetime]
+) -> tuple[datetime, str] | None:
     """The hour a campaign moved to the newest model it used, if it had used another before."""
     used = [m for m in by_model if sum(by_model[m]) > 0]
     if len(used) < 2:
@@ -344,10 +376,24 @@ def _persona_view(data: ReportData) -> dict[str, Any]:
     if data.labels is not None and "persona" in data.labels.column_names:
         ids = data.labels["account_id"].to_pylist()
         personas = data.labels["persona"].to_pylist()
-        labels = data.labels["label"].to_pylist() if "label" in data.labels.column_names else [None] * len(ids)
+        labels = (
+            data.labels["label"].to_pylist()
+            if "label" in data.labels.column_names
+            else [None] * len(ids)
+        )
         for aid, persona, label in zip(ids, personas, labels, strict=True):
             name = str(persona or "(none)")
-            g = groups.setdefault(name, {"name": name, "label": set(), "total": 0, "flagged": 0, "monitor": 0, "reasons": {}})
+            g = groups.setdefault(
+                name,
+                {
+                    "name": name,
+                    "label": set(),
+                    "total": 0,
+                    "flagged": 0,
+                    "monitor": 0,
+                    "reasons": {},
+                },
+            )
             g["label"].add(str(label or ""))
             g["total"] += 1
             v = by_acct.get(str(aid))
@@ -363,7 +409,17 @@ def _persona_view(data: ReportData) -> dict[str, Any]:
     else:
         for v in data.verdicts:
             name = str(v["action"])
-            g = groups.setdefault(name, {"name": name, "label": set(), "total": 0, "flagged": 0, "monitor": 0, "reasons": {}})
+            g = groups.setdefault(
+                name,
+                {
+                    "name": name,
+                    "label": set(),
+                    "total": 0,
+                    "flagged": 0,
+                    "monitor": 0,
+                    "reasons": {},
+                },
+            )
             g["total"] += 1
             g["flagged"] += int(name in FLAGGED)
             g["monitor"] += int(name == "monitor")
@@ -392,14 +448,27 @@ def _campaign_views(data: ReportData) -> list[dict[str, Any]]:
     assert isinstance(vol, pl.DataFrame)
     hours: list[datetime] = sorted(vol["hour"].unique().to_list()) if vol.height else []
     index = {h: i for i, h in enumerate(hours)}
-    first_seen = {m: t for m, t in vol.group_by("model").agg(pl.col("hour").min()).iter_rows()} if vol.height else {}
+    first_seen = (
+        {m: t for m, t in vol.group_by("model").agg(pl.col("hour").min()).iter_rows()}
+        if vol.height
+        else {}
+    )
     background = [0] * len(hours)
-    for h, n in vol.filter(pl.col("campaign_id").is_null()).group_by("hour").agg(pl.col("n").sum()).iter_rows():
+    for h, n in (
+        vol.filter(pl.col("campaign_id").is_null())
+        .group_by("hour")
+        .agg(pl.col("n").sum())
+        .iter_rows()
+    ):
         background[index[h]] = int(n)
     addresses = pl.from_arrow(data.addresses)
     edges = pl.from_arrow(data.edges)
     caps = pl.from_arrow(data.capabilities)
-    assert isinstance(addresses, pl.DataFrame) and isinstance(edges, pl.DataFrame) and isinstance(caps, pl.DataFrame)
+    assert (
+        isinstance(addresses, pl.DataFrame)
+        and isinstance(edges, pl.DataFrame)
+        and isinstance(caps, pl.DataFrame)
+    )
     accounts = pl.from_arrow(data.accounts)
     assert isinstance(accounts, pl.DataFrame)
     actions = {str(v["account_id"]): str(v["action"]) for v in data.verdicts}
@@ -408,17 +477,29 @@ def _campaign_views(data: ReportData) -> list[dict[str, Any]]:
         cid = str(c["id"])
         members = [str(m) for m in c["members"]]
         by_model: dict[str, list[int]] = {}
-        for h, m, n in vol.filter(pl.col("campaign_id") == cid).select("hour", "model", "n").iter_rows():
+        for h, m, n in (
+            vol.filter(pl.col("campaign_id") == cid).select("hour", "model", "n").iter_rows()
+        ):
             by_model.setdefault(str(m), [0] * len(hours))[index[h]] += int(n)
         pivot = _pivot(hours, by_model, first_seen) if hours else None
         mine = addresses.filter(pl.col("campaign_id") == cid).select("client_ip", "n").to_arrow()
         accs = accounts.filter(pl.col("account_id").is_in(members)).to_arrow()
         att: Attribution = attribute(c, mine, accs, data.ip_intel)
-        cap_shares = {str(k): float(s) for k, s in caps.filter(pl.col("campaign_id") == cid).select("capability", "share").iter_rows()}
+        cap_shares = {
+            str(k): float(s)
+            for k, s in caps.filter(pl.col("campaign_id") == cid)
+            .select("capability", "share")
+            .iter_rows()
+        }
         sub = edges.filter(pl.col("campaign_id") == cid)
-        edge_list = [(str(a), str(b), float(w), str(k)) for a, b, w, k in sub.select("account_a", "account_b", "weight", "kind").iter_rows()]
+        edge_list = [
+            (str(a), str(b), float(w), str(k))
+            for a, b, w, k in sub.select("account_a", "account_b", "weight", "kind").iter_rows()
+        ]
         mv = [v for v in data.verdicts if str(v["account_id"]) in set(members)]
-        span = f"{str(c.get('first_ts') or '')[:16]} – {str(c.get('last_ts') or '')[:16]}".replace("T", " ")
+        span = f"{str(c.get('first_ts') or '')[:16]} – {str(c.get('last_ts') or '')[:16]}".replace(
+            "T", " "
+        )
         views.append(
             {
                 "c": c,
@@ -462,18 +543,24 @@ def render_report(data: ReportData) -> str:
         actions[str(v["action"])] = actions.get(str(v["action"]), 0) + 1
     campaigns = _campaign_views(data)
     run = data.run
-    return _environment().get_template("report.html.j2").render(
-        title=data.title,
-        run=run,
-        config_hash=str(run.get("config_hash", ""))[:16],
-        digests=sorted((run.get("input_digests") or {}).items()),
-        detectors=sorted((run.get("detectors") or {}).items()),
-        actions=[(a, actions.get(a, 0), ACTION_COLOURS[a]) for a in ACTION_COLOURS if a != "allow"],
-        campaigns=campaigns,
-        personas=_persona_view(data),
-        n_flagged=sum(1 for v in data.verdicts if v["action"] in FLAGGED),
-        n_verdicts=len(data.verdicts),
-        snippet_chars=SNIPPET_CHARS,
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=data.title,
+            run=run,
+            config_hash=str(run.get("config_hash", ""))[:16],
+            digests=sorted((run.get("input_digests") or {}).items()),
+            detectors=sorted((run.get("detectors") or {}).items()),
+            actions=[
+                (a, actions.get(a, 0), ACTION_COLOURS[a]) for a in ACTION_COLOURS if a != "allow"
+            ],
+            campaigns=campaigns,
+            personas=_persona_view(data),
+            n_flagged=sum(1 for v in data.verdicts if v["action"] in FLAGGED),
+            n_verdicts=len(data.verdicts),
+            snippet_chars=SNIPPET_CHARS,
+        )
     )
 
 

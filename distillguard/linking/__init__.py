@@ -35,12 +35,18 @@ class LinkResult:
     shared: Mapping[str, list[dict[str, Any]]]
 
 
+def _cached(expr: ir.Table) -> ir.Table:
+    """Materialise ``expr`` inside the engine that owns it (a DuckDB temp table, a Spark cache)."""
+    return expr.cache()
+
+
 def link(
     engine: Engine, signals: ir.Table, accounts: ir.Table, config: Mapping[str, Any]
 ) -> LinkResult:
     """Build edges (relational, on ``engine``), find communities, compute cluster features."""
-    edges_expr, ind_expr = edge_expressions(signals, accounts, config)
-    edges = engine.to_arrow(edges_expr)
+    # Each kind's key memberships feed both the edges and the indicators: compute them once.
+    edges_expr, ind_expr = edge_expressions(signals, accounts, config, hold=_cached)
+    edges = engine.to_arrow(edges_expr).drop_columns(["code_a", "code_b"])
     indicators = engine.to_arrow(ind_expr)
     membership = find_clusters(edges, config)
     act_expr, cap_expr = account_activity_expr(signals)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import igraph as ig
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from distillguard.linking.edges import evidence_families
 
@@ -37,7 +40,26 @@ def _cluster_id(members: list[str]) -> str:
     return f"C-{digest[:12]}"
 
 
-def _leiden(graph: ig.Graph, resolution: float, seed: int) -> list[int]:
+@dataclass(frozen=True)
+class _Edges:
+    """Strong edges as parallel arrays (src < dst, vertex codes), in canonical order."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    weight: np.ndarray
+    families: np.ndarray  # bool, one column per evidence family
+
+    def take(self, idx: np.ndarray) -> _Edges:
+        return _Edges(self.src[idx], self.dst[idx], self.weight[idx], self.families[idx])
+
+    def within(self, inside: np.ndarray) -> _Edges:
+        """The edges with both ends where the boolean vertex mask ``inside`` is set."""
+        return self.take(np.flatnonzero(inside[self.src] & inside[self.dst]))
+
+
+def _leiden(n: int, edges: _Edges, resolution: float, seed: int) -> np.ndarray:
+    graph = ig.Graph(n=n, edges=np.column_stack([edges.src, edges.dst]).tolist(), directed=False)
+    graph.es["weight"] = edges.weight.tolist()
     # igraph draws from a process-wide generator: use a private seeded one, then restore the default.
     ig.set_random_number_generator(random.Random(seed))
     try:
@@ -46,87 +68,116 @@ def _leiden(graph: ig.Graph, resolution: float, seed: int) -> list[int]:
         )
     finally:
         ig.set_random_number_generator(random)
-    return list(parts.membership)
+    return np.asarray(parts.membership, dtype=np.int64)
 
 
-def _canonical_subgraph(graph: ig.Graph, verts: list[int]) -> ig.Graph:
-    """``graph`` induced on ``verts``, vertex i = verts[i], edges in order of the new positions.
+def _structural_order(
+    verts: np.ndarray, edges: _Edges, strength: np.ndarray, names: np.ndarray
+) -> np.ndarray:
+    """``verts`` in a label-independent order: own strength, then a digest of the sorted
+    (edge weight, neighbour strength) pairs around it; names only break ties between
+    structurally identical vertices.
 
-    Leiden visits vertices and their adjacency in storage order, so both the vertex order and
-    the edge order must come from a label-independent key, never from the original ids.
+    Leiden visits vertices and their adjacency in storage order, so the order it sees must not
+    come from the account names.
     """
-    position = {v: i for i, v in enumerate(verts)}
-    rows: list[tuple[int, int, float]] = []
-    for edge in graph.es.select(_within=verts):
-        a, b = position[edge.source], position[edge.target]
-        rows.append((min(a, b), max(a, b), float(edge["weight"])))
-    rows.sort()
-    sub = ig.Graph(n=len(verts), edges=[(a, b) for a, b, _ in rows], directed=False)
-    sub.es["weight"] = [w for _, _, w in rows]
-    return sub
+    own = np.concatenate([edges.src, edges.dst])
+    other = np.concatenate([edges.dst, edges.src])
+    w = np.round(np.concatenate([edges.weight, edges.weight]), 9)
+    s_other = np.round(strength[other], 9)
+    order = np.lexsort((s_other, w, own))
+    pairs = np.column_stack([w[order], s_other[order]])
+    starts = np.searchsorted(own[order], verts, side="left")
+    ends = np.searchsorted(own[order], verts, side="right")
+    digests = [
+        hashlib.blake2b(pairs[a:b].tobytes(), digest_size=16).digest()
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]
+    own_strength = np.round(strength[verts], 9).tolist()
+    keys = sorted(
+        range(len(verts)),
+        key=lambda i: (-own_strength[i], digests[i], str(names[verts[i]])),
+    )
+    return verts[np.asarray(keys, dtype=np.int64)]
 
 
-def _structural_key(graph: ig.Graph, strength: list[float], v: int) -> tuple[object, ...]:
-    """Label-independent sort key: own strength, then the sorted (edge weight, neighbour
-    strength) pairs; names only break ties between structurally identical vertices."""
-    around: list[tuple[float, float]] = []
-    for e in graph.incident(v):
-        edge = graph.es[e]
-        other = edge.target if edge.source == v else edge.source
-        around.append((round(float(edge["weight"]), 9), round(strength[other], 9)))
-    around.sort()
-    return (-round(strength[v], 9), tuple(around))
+def _split(
+    verts: np.ndarray,
+    edges: _Edges,
+    strength: np.ndarray,
+    names: np.ndarray,
+    resolution: float,
+    seed: int,
+) -> list[np.ndarray]:
+    """Leiden (CPM) on one component, on a canonical copy: vertex i = ordered[i], edges sorted
+    by their new end positions."""
+    ordered = _structural_order(verts, edges, strength, names)
+    position = np.full(int(strength.shape[0]), -1, dtype=np.int64)
+    position[ordered] = np.arange(len(ordered))
+    a, b = position[edges.src], position[edges.dst]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    canon = np.lexsort((edges.weight, hi, lo))
+    sub = _Edges(lo[canon], hi[canon], edges.weight[canon], edges.families[canon])
+    labels = _leiden(len(ordered), sub, resolution, seed)
+    return [ordered[labels == k] for k in np.unique(labels)]
 
 
-def _prune(graph: ig.Graph, verts: list[int], min_share: float, min_size: int) -> list[int]:
+def _prune(
+    verts: np.ndarray, edges: _Edges, n_vertices: int, min_share: float, min_size: int
+) -> np.ndarray:
     """Drop weakly attached members until every one has enough strong edges inside the group."""
-    keep = sorted(verts)
+    keep = np.sort(verts)
     while len(keep) >= min_size:
-        sub = graph.induced_subgraph(keep)
-        degree = np.asarray(sub.degree(), dtype=float)
+        inside = np.zeros(n_vertices, dtype=bool)
+        inside[keep] = True
+        sub = edges.within(inside)
+        degree = np.bincount(sub.src, minlength=n_vertices) + np.bincount(
+            sub.dst, minlength=n_vertices
+        )
         need = max(2.0, min_share * (len(keep) - 1))
-        ok = degree >= need
+        ok = degree[keep] >= need
         if ok.all():
             return keep
-        keep = [v for v, good in zip(keep, ok.tolist(), strict=True) if good]
-    return []
+        keep = keep[ok]
+    return np.empty(0, dtype=np.int64)
 
 
 def _signature_members(
-    graph: ig.Graph,
-    families: np.ndarray,
-    verts: list[int],
+    verts: np.ndarray,
+    edges: _Edges,
+    n_vertices: int,
     min_kind_share: float,
     signature_share: float,
-) -> list[int]:
+) -> np.ndarray:
     """Members showing the cluster's own kinds of evidence, not just one of them.
 
     The cluster's signature is the evidence families on at least ``signature_share`` (0.9) of
-    its internal edges — what nearly every pair of heads shares; a member must carry ``min(2, |signature|)`` of them on that share of its own
-    internal edges. A batch customer on the same cloud egress as a campaign whose heads also
-    share scaffolds is tied by the network alone: not part of the operation.
+    its internal edges — what nearly every pair of heads shares; a member must carry
+    ``min(2, |signature|)`` of them on that share of its own internal edges. A batch customer on
+    the same cloud egress as a campaign whose heads also share scaffolds is tied by the network
+    alone: not part of the operation.
     """
-    if families.shape[1] == 0 or len(verts) < 2:
+    if edges.families.shape[1] == 0 or len(verts) < 2:
         return verts
-    eids = np.asarray([e.index for e in graph.es.select(_within=verts)], dtype=np.int64)
-    if eids.size == 0:
+    inside = np.zeros(n_vertices, dtype=bool)
+    inside[verts] = True
+    sub = edges.within(inside)
+    if sub.src.size == 0:
         return verts
-    fam = families[eids]
+    fam = sub.families.astype(float)
     signature = fam.mean(axis=0) >= signature_share
     need = min(2, int(signature.sum()))
     if need == 0:
         return verts
-    ends = np.asarray([graph.es[int(e)].tuple for e in eids], dtype=np.int64)
-    index = {v: i for i, v in enumerate(verts)}
-    pos = np.vectorize(index.__getitem__, otypes=[np.int64])(ends)
-    n_edges = np.zeros(len(verts))
-    carried = np.zeros((len(verts), fam.shape[1]))
-    for side in (0, 1):
-        np.add.at(n_edges, pos[:, side], 1.0)
-        np.add.at(carried, pos[:, side], fam.astype(float))
-    share = carried / np.maximum(n_edges, 1.0)[:, None]
+    n_edges = np.zeros(n_vertices)
+    carried = np.zeros((n_vertices, fam.shape[1]))
+    for ends in (sub.src, sub.dst):
+        np.add.at(n_edges, ends, 1.0)
+        np.add.at(carried, ends, fam)
+    share = carried[verts] / np.maximum(n_edges[verts], 1.0)[:, None]
     shown = ((share >= min_kind_share) & signature[None, :]).sum(axis=1)
-    return [v for v, k in zip(verts, shown.tolist(), strict=True) if k >= need]
+    kept: np.ndarray = verts[shown >= need]
+    return kept
 
 
 def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
@@ -141,52 +192,51 @@ def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
     a = strong["account_a"].to_numpy(zero_copy_only=False).astype(str)
     b = strong["account_b"].to_numpy(zero_copy_only=False).astype(str)
     names, codes = np.unique(np.concatenate([a, b]), return_inverse=True)
-    pairs = codes.reshape(2, -1).T
-    weights = strong["weight"].to_numpy(zero_copy_only=False)
-    # Canonical edge order (by names) so vertex/edge order never depends on input row order.
+    pairs = np.sort(codes.reshape(2, -1).T, axis=1)
+    # Canonical edge order (by names) so nothing downstream depends on input row order.
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-    graph = ig.Graph(n=len(names), edges=pairs[order].tolist(), directed=False)
-    graph.es["weight"] = weights[order].tolist()
-    # Per edge (graph edge id order): which evidence families it carries.
+    weights = strong["weight"].to_numpy(zero_copy_only=False).astype(np.float64)
     fam_cols = [
         np.logical_or.reduce([strong[f"w_{k}"].to_numpy(zero_copy_only=False) > 0 for k in kinds])
         for kinds in evidence_families(config).values()
         if all(f"w_{k}" in strong.column_names for k in kinds)
     ]
-    families = (
-        np.column_stack(fam_cols)[order] if fam_cols else np.zeros((len(order), 0), dtype=bool)
+    families = np.column_stack(fam_cols) if fam_cols else np.zeros((len(order), 0), dtype=bool)
+    graph = _Edges(pairs[order, 0], pairs[order, 1], weights[order], families[order])
+    n = len(names)
+    strength = np.bincount(graph.src, graph.weight, minlength=n) + np.bincount(
+        graph.dst, graph.weight, minlength=n
+    )
+    _, component = connected_components(
+        coo_matrix((np.ones(len(order)), (graph.src, graph.dst)), shape=(n, n)), directed=False
     )
     min_kind_share = float(config["linking"].get("min_kind_share", 0.2))
     min_size = int(gcfg["min_cluster_size"])
-    strength = graph.strength(weights="weight")
     leiden_min = int(gcfg["leiden_min_size"])
     min_share = float(gcfg.get("min_member_share", 0.0))
-    parts: list[list[int]] = []
-    for comp in graph.connected_components():
-        if len(comp) < min_size:
+    signature_share = float(gcfg.get("signature_share", 1.01))
+    by_component = np.argsort(component[graph.src], kind="stable")
+    edge_component = component[graph.src][by_component]
+    parts: list[np.ndarray] = []
+    sizes = np.bincount(component)
+    for comp in np.flatnonzero(sizes >= min_size):
+        verts = np.flatnonzero(component == comp)
+        if len(verts) <= leiden_min:
+            parts.append(verts)
             continue
-        if len(comp) <= leiden_min:
-            parts.append(sorted(comp))
-            continue
-        # Leiden's result depends on vertex and edge order: order by a structural key (names
-        # only break ties between identical vertices) so renaming accounts changes nothing.
-        verts = sorted(comp, key=lambda v: (_structural_key(graph, strength, v), str(names[v])))
-        sub = _canonical_subgraph(graph, verts)
-        labels = _leiden(sub, float(gcfg["resolution"]), int(gcfg["seed"]))
-        by_label: dict[int, list[int]] = {}
-        for v, label in zip(verts, labels, strict=True):
-            by_label.setdefault(label, []).append(v)
-        parts.extend(by_label[k] for k in sorted(by_label))
+        lo, hi = np.searchsorted(edge_component, [comp, comp + 1])
+        comp_edges = graph.take(np.sort(by_component[lo:hi]))
+        parts.extend(
+            _split(verts, comp_edges, strength, names, float(gcfg["resolution"]), int(gcfg["seed"]))
+        )
     groups: list[list[str]] = []
     for part in parts:
-        kept = _prune(graph, part, min_share, min_size) if min_share > 0 else part
-        signed = _signature_members(
-            graph, families, kept, min_kind_share, float(gcfg.get("signature_share", 1.01))
-        )
+        kept = _prune(part, graph, n, min_share, min_size) if min_share > 0 else part
+        signed = _signature_members(kept, graph, n, min_kind_share, signature_share)
         if len(signed) < len(kept):
-            kept = _prune(graph, signed, min_share, min_size) if min_share > 0 else signed
+            kept = _prune(signed, graph, n, min_share, min_size) if min_share > 0 else signed
         if len(kept) >= min_size:
-            groups.append([str(names[v]) for v in kept])
+            groups.append(sorted(str(names[v]) for v in kept))
     rows_a: list[str] = []
     rows_c: list[str] = []
     for group in groups:

@@ -20,7 +20,7 @@ Everything here is relational (group-by, self-join on key) so the same expressio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +76,16 @@ def _key_stats(
     ka = keyed.group_by(["key", "account_id"]).agg(
         n=ibis._.count(), kind_w=ibis._.kind_w.max(), net_kind=ibis._.net_kind.max()
     )
-    doms = accounts.select(account_id=accounts.account_id, email_domain=accounts.email_domain)
-    kad = ka.left_join(doms, ka.account_id == doms.account_id).drop("account_id_right")
+    doms = accounts.select(d_id=accounts.account_id, email_domain=accounts.email_domain)
+    kad = ka.left_join(doms, ka.account_id == doms.d_id).drop("d_id")
+    # One row per (key, account) already, so count() is the account count; and "at most one
+    # email domain" is min == max — both far cheaper than COUNT(DISTINCT) per key.
     per_key = kad.group_by("key").agg(
-        df=ibis._.account_id.nunique(),
+        df=ibis._.count(),
         total=ibis._.n.sum(),
         top=ibis._.n.max(),
-        n_domains=ibis._.email_domain.nunique(),
+        dom_lo=ibis._.email_domain.min(),
+        dom_hi=ibis._.email_domain.max(),
         kind_w=ibis._.kind_w.max(),
         net_kind=ibis._.net_kind.max(),
     )
@@ -95,7 +98,8 @@ def _key_stats(
     per_key = per_key.filter((per_key.df >= 2) & (per_key.df <= ibis.greatest(max_df, 2)))
     n = n_accounts.cast("float64")
     idf = (n / per_key.df.cast("float64")).ln() / ibis.greatest(n, 3.0).ln()
-    explained = (per_key.n_domains <= 1) & (
+    one_domain = per_key.dom_lo.isnull() | (per_key.dom_lo == per_key.dom_hi)
+    explained = one_domain & (
         per_key.net_kind.isnull() | per_key.net_kind.isin(list(_EXPLAINABLE_KINDS))
     )
     dominant = per_key.top.cast("float64") / per_key.total.cast("float64") >= float(
@@ -115,16 +119,20 @@ def _key_stats(
 
 
 def _pairs(members: ir.Table, kind: str, cfg: Mapping[str, Any]) -> ir.Table:
-    """Saturated per-pair contribution of one kind from its eligible key memberships."""
-    a = members.select(key=members.key, account_a=members.account_id, key_weight=members.key_weight)
-    b = members.select(key_b=members.key, account_b=members.account_id)
-    joined = a.join(b, [a.key == b.key_b, a.account_a < b.account_b])
-    summed = joined.group_by(["account_a", "account_b"]).agg(s=joined.key_weight.sum())
+    """Saturated per-pair contribution of one kind from its eligible key memberships.
+
+    Pairs are keyed by integer account codes: the self-join and the per-pair sums are the
+    heaviest step of linking, and integers hash and compare far faster than account names.
+    """
+    a = members.select(key=members.key, code_a=members.account_code, key_weight=members.key_weight)
+    b = members.select(key_b=members.key, code_b=members.account_code)
+    joined = a.join(b, [a.key == b.key_b, a.code_a < b.code_b])
+    summed = joined.group_by(["code_a", "code_b"]).agg(s=joined.key_weight.sum())
     weight = float(cfg["weight"])
     scale = float(cfg.get("scale", 1.0))
     contrib = weight * (1.0 - (-(summed.s / scale)).exp())
     return summed.select(
-        "account_a", "account_b", kind=ibis.literal(kind), contribution=contrib.cast("float64")
+        "code_a", "code_b", kind=ibis.literal(kind), contribution=contrib.cast("float64")
     )
 
 
@@ -223,15 +231,22 @@ def _signup_keys(accounts: ir.Table, cfg: Mapping[str, Any]) -> ir.Table:
 
 
 def _synchrony(
-    signals: ir.Table, accounts: ir.Table, cfg: Mapping[str, Any]
-) -> tuple[ir.Table, ir.Table]:
+    signals: ir.Table,
+    accounts: ir.Table,
+    codes: ir.Table,
+    cfg: Mapping[str, Any],
+    hold: Callable[[ir.Table], ir.Table] | None,
+) -> ir.Table:
+    """Pairs of accounts active in the same (time bucket, network) cells, by Jaccard."""
     s = signals
     key_col = str(cfg["key"])
-    bucket = _seconds_bucket(s.ts, float(cfg["bucket_minutes"])).cast("string")
+    bucket = _seconds_bucket(s.ts, float(cfg["bucket_minutes"]))
+    key: ir.Value
+    # Integer cells where possible: this is the widest self-join of linking.
     if key_col == "asn":
-        key = bucket + "|" + s.asn.cast("string").fill_null("?")
+        key = bucket * (1 << 32) + s.asn.fill_null(-1).cast("int64")
     elif key_col == "prefix":
-        key = bucket + "|" + s.ip_prefix.fill_null("?")
+        key = bucket.cast("string") + "|" + s.ip_prefix.fill_null("?")
     else:
         key = bucket
     net = s.network_kind.fill_null("unknown")
@@ -243,35 +258,48 @@ def _synchrony(
     doms = accounts.select(dom_id=accounts.account_id, email_domain=accounts.email_domain)
     actd = acts.left_join(doms, acts.account_id == doms.dom_id)
     fan = actd.group_by("key").agg(
-        df=ibis._.account_id.nunique(),
-        n_domains=ibis._.email_domain.nunique(),
+        df=ibis._.count(),  # acts has one row per (key, account)
+        dom_lo=ibis._.email_domain.min(),
+        dom_hi=ibis._.email_domain.max(),
         net_kind=ibis._.net_kind.max(),
     )
     # A class or a team active together behind its own campus/corporate network is expected.
-    explained = (fan.n_domains <= 1) & fan.net_kind.isin(list(_EXPLAINABLE_KINDS))
+    one_domain = fan.dom_lo.isnull() | (fan.dom_lo == fan.dom_hi)
+    explained = one_domain & fan.net_kind.isin(list(_EXPLAINABLE_KINDS))
     fan = fan.filter((fan.df >= 2) & (fan.df <= int(cfg["max_fanout"])) & ~explained)
     acts = acts.join(fan, "key").select("key", "account_id", "df")
-    sizes = acts.group_by("account_id").agg(n_keys=ibis._.count())
-    a = acts.select(key=acts.key, account_a=acts.account_id)
-    b = acts.select(key_b=acts.key, account_b=acts.account_id)
-    co = a.join(b, [a.key == b.key_b, a.account_a < b.account_b])
-    co = co.group_by(["account_a", "account_b"]).agg(co=ibis._.count())
-    sa = sizes.select(sa_id=sizes.account_id, na=sizes.n_keys)
-    sb = sizes.select(sb_id=sizes.account_id, nb=sizes.n_keys)
-    co = co.join(sa, co.account_a == sa.sa_id).join(sb, co.account_b == sb.sb_id)
+    acts = acts.join(codes, "account_id").select("key", "account_id", "account_code", "df")
+    if hold is not None:
+        acts = hold(acts)
+    sizes = acts.group_by("account_code").agg(n_keys=ibis._.count())
+    min_co = int(cfg["min_co"])
+    min_jaccard = float(cfg["min_jaccard"])
+    # Only accounts with at least min_co buckets can reach min_co shared ones.
+    sized = acts.join(sizes.filter(sizes.n_keys >= min_co), "account_code")
+    a = sized.select(key=sized.key, code_a=sized.account_code, na=sized.n_keys)
+    b = sized.select(key_b=sized.key, code_b=sized.account_code, nb=sized.n_keys)
+    # Jaccard <= min(na, nb) / max(na, nb): pairs of very unequal activity can never qualify,
+    # so they are dropped inside the join rather than counted first.
+    co = a.join(
+        b,
+        [
+            a.key == b.key_b,
+            a.code_a < b.code_b,
+            ibis.least(a.na, b.nb).cast("float64")
+            >= min_jaccard * ibis.greatest(a.na, b.nb).cast("float64"),
+        ],
+    )
+    co = co.group_by(["code_a", "code_b", "na", "nb"]).agg(co=ibis._.count())
     jac = co.co.cast("float64") / (co.na + co.nb - co.co).cast("float64")
     co = co.mutate(jaccard=jac)
-    co = co.filter((co.co >= int(cfg["min_co"])) & (co.jaccard >= float(cfg["min_jaccard"])))
+    co = co.filter((co.co >= min_co) & (co.jaccard >= min_jaccard))
     pairs = co.select(
-        "account_a",
-        "account_b",
+        "code_a",
+        "code_b",
         kind=ibis.literal("synchrony"),
         contribution=(float(cfg["weight"]) * co.jaccard).cast("float64"),
     )
-    members = acts.mutate(kind=ibis.literal("synchrony"), key_weight=ibis.literal(0.0)).select(
-        "kind", "key", "account_id", "key_weight", "df"
-    )
-    return pairs, members
+    return pairs
 
 
 def evidence_families(config: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -291,43 +319,55 @@ def evidence_families(config: Mapping[str, Any]) -> dict[str, list[str]]:
     return dict(sorted(families.items()))
 
 
-def _discount_vouched_pairs(
-    edges: ir.Table,
-    signals: ir.Table,
-    accounts: ir.Table,
-    discount: float,
-    lcfg: Mapping[str, Any],
-) -> ir.Table:
-    """Multiply the edge between two *vouched* accounts by ``discount``.
+def _account_table(signals: ir.Table, accounts: ir.Table, lcfg: Mapping[str, Any]) -> ir.Table:
+    """Every account seen, with an integer code in name order and whether it is *vouched*.
 
-    Vouched pairs: two identity-verified (KYC) accounts, or any pair with a platform serving at
-    least ``platform_min_end_users`` distinct end users (reseller, SaaS backend, coding-agent
-    product). Accountable businesses, not throwaway hydra heads: sharing a cloud egress, a
-    datacenter prefix or a popular scaffold with them is ordinary. A hydra head gains nothing by claiming
-    end users unless every head does, and the accounts' own behaviour is still scored.
+    Codes follow the names, so ``code_a < code_b`` orients a pair exactly as ``account_a <
+    account_b`` would. Vouched: identity-verified (KYC), or a platform serving at least
+    ``platform_min_end_users`` distinct end users (reseller, SaaS backend, coding-agent product).
     """
-    vouched = ibis.literal(False)
+    ids = ibis.union(
+        signals.select("account_id"), accounts.select("account_id"), distinct=True
+    ).filter(ibis._.account_id.notnull())
+    codes = ids.mutate(account_code=ibis.row_number().over(order_by=ids.account_id).cast("int64"))
+    kyc: ir.BooleanValue = ibis.literal(False)
     if "verification" in accounts.columns:
-        vouched = accounts.verification.fill_null("") == "kyc"
-    acc = accounts.select(v_id=accounts.account_id, vouched=vouched, platform=ibis.literal(False))
+        kyc = accounts.verification.fill_null("") == "kyc"
+    acc = accounts.select(k_id=accounts.account_id, kyc=kyc)
+    table = codes.left_join(acc, codes.account_id == acc.k_id)
+    table = table.select("account_id", "account_code", kyc=table.kyc.fill_null(False))
     min_users = int(lcfg.get("platform_min_end_users", 0))
     if min_users > 0 and "end_user_id" in signals.columns:
         users = signals.group_by("account_id").agg(n_users=signals.end_user_id.nunique())
         platforms = users.filter(users.n_users >= min_users).select(p_id=users.account_id)
-        acc = acc.left_join(platforms, acc.v_id == platforms.p_id)
-        acc = acc.select("v_id", vouched=acc.vouched, platform=acc.p_id.notnull())
-    va = acc.select(va_id=acc.v_id, va=acc.vouched, pa_=acc.platform)
-    vb = acc.select(vb_id=acc.v_id, vb=acc.vouched, pb_=acc.platform)
-    e = edges.left_join(va, edges.account_a == va.va_id).left_join(vb, edges.account_b == vb.vb_id)
-    # Two KYC customers vouch for each other; a platform's traffic mixes thousands of people, so
-    # anything anyone shares with it (an egress, a scaffold, a schedule) says little about either.
-    both = (
-        (e.va.fill_null(False) & e.vb.fill_null(False))
-        | e.pa_.fill_null(False)
-        | e.pb_.fill_null(False)
+        table = table.left_join(platforms, table.account_id == platforms.p_id)
+        return table.select("account_id", "account_code", "kyc", platform=table.p_id.notnull())
+    return table.mutate(platform=ibis.literal(False))
+
+
+def _named_and_discounted(edges: ir.Table, table: ir.Table, discount: float) -> ir.Table:
+    """Account names back on the coded edges, and the edge between two *vouched* accounts
+    multiplied by ``discount``.
+
+    Accountable businesses, not throwaway hydra heads: sharing a cloud egress, a datacenter
+    prefix or a popular scaffold with them is ordinary. Two KYC customers vouch for each other;
+    a platform's traffic mixes thousands of people, so anything anyone shares with it (an
+    egress, a scaffold, a schedule) says little about either. A hydra head gains nothing by
+    claiming end users unless every head does, and the accounts' own behaviour is still scored.
+    """
+    ta = table.select(
+        code_a=table.account_code, account_a=table.account_id, ka=table.kyc, pa_=table.platform
     )
-    factor = ibis.ifelse(both, discount, 1.0)
+    tb = table.select(
+        code_b=table.account_code, account_b=table.account_id, kb=table.kyc, pb_=table.platform
+    )
+    e = edges.join(ta, "code_a").join(tb, "code_b")
+    factor: ir.FloatingValue = ibis.literal(1.0)
+    if discount < 1.0:
+        factor = ibis.ifelse((e.ka & e.kb) | e.pa_ | e.pb_, discount, 1.0)
     return e.select(
+        "code_a",
+        "code_b",
         "account_a",
         "account_b",
         weight=(e.weight * factor).cast("float64"),
@@ -337,9 +377,19 @@ def _discount_vouched_pairs(
 
 
 def edge_expressions(
-    signals: ir.Table, accounts: ir.Table, config: Mapping[str, Any]
+    signals: ir.Table,
+    accounts: ir.Table,
+    config: Mapping[str, Any],
+    hold: Callable[[ir.Table], ir.Table] | None = None,
 ) -> tuple[ir.Table, ir.Table]:
-    """Ibis expressions for (edges, indicators); nothing is executed here.
+    """Ibis expressions for (edges, indicators).
+
+    Nothing is executed here unless ``hold`` is given: it is applied to each kind's key
+    memberships, which both the edges and the indicators read, so an engine can compute them
+    once (``Table.cache``) instead of once per consumer.
+
+    The edges carry ``code_a`` / ``code_b`` (integer codes in account-name order, see
+    ``_account_table``) and come sorted by them, which is name order.
 
     ``signals`` needs account_id, ts, client_ip, ip_prefix, asn, network_kind, user_agent,
     template_id, system_prompt_sha256, model; ``accounts`` needs account_id, created_at,
@@ -348,6 +398,10 @@ def edge_expressions(
     lcfg = config["linking"]
     kinds_cfg: Mapping[str, Mapping[str, Any]] = lcfg["kinds"]
     n_accounts = signals.account_id.nunique()
+    table = _account_table(signals, accounts, lcfg)
+    if hold is not None:
+        table = hold(table)
+    codes = table.select("account_id", "account_code")
     pair_parts: list[ir.Table] = []
     member_parts: list[ir.Table] = []
     for kind in EDGE_KINDS:
@@ -355,7 +409,7 @@ def edge_expressions(
         if float(cfg["weight"]) <= 0.0:
             continue
         if kind == "synchrony":
-            pairs, members = _synchrony(signals, accounts, cfg)
+            pairs = _synchrony(signals, accounts, codes, cfg, hold)
         else:
             if kind == "payment":
                 acc = accounts.filter(accounts.payment_fingerprint.notnull())
@@ -370,24 +424,25 @@ def edge_expressions(
             else:
                 keyed = _exchange_keys(signals, kind, cfg, lcfg)
             members = _key_stats(keyed, accounts, kind, n_accounts, cfg, lcfg)
+            members = members.join(codes, "account_id")
+            if hold is not None:
+                members = hold(members)
             pairs = _pairs(members, kind, cfg)
+            # Synchrony's memberships are raw activity, not indicators: the edge share reports it.
+            member_parts.append(members.select("kind", "key", "account_id", "key_weight", "df"))
         pair_parts.append(pairs)
-        if kind != "synchrony":  # its memberships are raw activity; the edge share reports it
-            member_parts.append(members)
     allp = ibis.union(*pair_parts)
     aggs = {
         f"w_{k}": ibis.ifelse(allp.kind == k, allp.contribution, 0.0).sum().cast("float64")
         for k in EDGE_KINDS
     }
-    edges = allp.group_by(["account_a", "account_b"]).agg(
+    coded = allp.group_by(["code_a", "code_b"]).agg(
         weight=allp.contribution.sum().cast("float64"),
         n_kinds=(allp.contribution > 0).cast("int64").sum(),
         **aggs,
     )
     discount = float(lcfg.get("verified_pair_discount", 1.0))
-    if discount < 1.0:
-        edges = _discount_vouched_pairs(edges, signals, accounts, discount, lcfg)
-    edges = edges.order_by(["account_a", "account_b"])
+    edges = _named_and_discounted(coded, table, discount).order_by(["code_a", "code_b"])
     indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])
     return edges, indicators
 

@@ -245,8 +245,12 @@ def write_case(
     run_info: Mapping[str, Any],
     signing_key: Ed25519PrivateKey,
     ip_key: bytes,
+    scope: Mapping[str, Any] | None = None,
 ) -> CaseManifest:
     """Write the case file for one campaign to ``case_dir`` (atomically) and return its manifest.
+
+    ``scope``, when given, is signed into the manifest: how the committed exchanges were chosen
+    when they are not all of the campaign's (see ``evidence.case_max_exchanges``).
 
     ``campaign`` is the campaign as detected (needs ``id`` or ``campaign_id``);
     ``exchanges`` every exchange attributed to it, in the contract's columns;
@@ -318,6 +322,8 @@ def write_case(
             "files": {name: sha256_hex((staged / name).read_bytes()) for name in DIGESTED_FILES},
             "signing_key": {"algorithm": "Ed25519", "fingerprint": key_fingerprint(public_key)},
         }
+        if scope is not None:
+            manifest["scope"] = dict(scope)
         manifest_bytes = canonical_json(manifest)
         (staged / MANIFEST).write_bytes(manifest_bytes)
         (staged / SIGNATURE).write_text(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -81,6 +82,55 @@ def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
     return verdicts
 
 
+def _campaign_rows(
+    exchanges: pads.Dataset | pa.Table, campaigns: list[dict[str, Any]], limit: int
+) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
+    """The exchanges the case files commit, and the scope of each campaign that was cut.
+
+    Only (account, time, request id) are read for every member row; full rows (prompts
+    included) only for the chosen ones, so memory follows ``limit``, not the campaign's size.
+    A campaign over ``limit`` keeps each member's earliest ``limit // members`` exchanges.
+    """
+    owner = pl.DataFrame(
+        [(str(m), str(c["id"])) for c in campaigns for m in c.get("members", [])],
+        schema={"account_id": pl.String, "campaign_id": pl.String},
+        orient="row",
+    ).unique(subset="account_id", keep="first", maintain_order=True)
+    wanted = pc.field("account_id").isin(pa.array(owner["account_id"].to_list(), pa.string()))
+    source = pads.dataset(exchanges) if isinstance(exchanges, pa.Table) else exchanges
+    light = pl.from_arrow(source.to_table(columns=["account_id", "ts", "request_id"], filter=wanted))
+    assert isinstance(light, pl.DataFrame)
+    light = light.join(owner, on="account_id")
+    sizes = light.group_by("campaign_id").agg(
+        total=pl.len(), accounts=pl.col("account_id").n_unique()
+    )
+    scopes: dict[str, dict[str, Any]] = {}
+    if limit > 0:
+        over = sizes.filter(pl.col("total") > limit)
+        for row in over.iter_rows(named=True):
+            per_account = max(1, limit // int(row["accounts"]))
+            scopes[str(row["campaign_id"])] = {
+                "selection": f"each member's earliest {per_account} exchanges (by ts, request_id)",
+                "per_account": per_account,
+                "campaign_exchanges": int(row["total"]),
+            }
+    if scopes:
+        cap = pl.DataFrame(
+            {
+                "campaign_id": list(scopes),
+                "per_account": [int(v["per_account"]) for v in scopes.values()],
+            }
+        )
+        light = light.join(cap, on="campaign_id", how="left").sort(["ts", "request_id"])
+        rank = pl.int_range(pl.len()).over("account_id")
+        light = light.filter(pl.col("per_account").is_null() | (rank < pl.col("per_account")))
+        chosen = pc.field("request_id").isin(light["request_id"].to_arrow())
+        rows = source.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted & chosen)
+    else:
+        rows = source.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
+    return rows, scopes
+
+
 def write_campaign_cases(
     exchanges: pads.Dataset | pa.Table,
     outdir: str | Path,
@@ -107,12 +157,8 @@ def write_campaign_cases(
         return CaseSummary({}, signer)
 
     verdicts = _read_verdicts(out / "verdicts.jsonl")
-    members = sorted({str(m) for c in campaigns for m in c.get("members", [])})
-    wanted = pc.field("account_id").isin(pa.array(members, pa.string()))
-    if isinstance(exchanges, pa.Table):
-        rows = exchanges.filter(wanted).select(list(EXCHANGE_COLUMNS))
-    else:
-        rows = exchanges.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
+    limit = int((config.get("evidence") or {}).get("case_max_exchanges", 0) or 0)
+    rows, scopes = _campaign_rows(exchanges, campaigns, limit)
 
     run_info = {
         "config_hash": run.get("config_hash", ""),
@@ -136,6 +182,7 @@ def write_campaign_cases(
             run_info=run_info,
             signing_key=key,
             ip_key=derive_ip_key(key, campaign_id),
+            scope=scopes.get(campaign_id),
         )
         roots[campaign_id] = (case_dir, manifest.root)
     return CaseSummary(roots, signer)

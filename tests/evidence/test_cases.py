@@ -85,3 +85,29 @@ def test_default_key_is_created_once_and_reused(
     second = signing_key_from_config({})
     assert (tmp_path / "keys" / "signing-key.pem").exists()
     assert first.public_key().public_bytes_raw() == second.public_key().public_bytes_raw()
+
+
+def test_a_campaign_over_the_cap_commits_each_members_earliest_share(tmp_path: Path) -> None:
+    out = _outdir(tmp_path)
+    config = {"evidence": {"case_max_exchanges": 4}}
+    summary = write_campaign_cases(_exchanges(), out, config, signing_key=generate_signing_key())
+    one_dir = out / CASES_DIR / "C-one"
+    assert verify_case(summary.roots["C-one"][0]).ok
+    one = json.loads((one_dir / "manifest.json").read_text())
+    # C-one has 6 exchanges over 2 members: each keeps its earliest 4 // 2 = 2.
+    assert one["scope"]["per_account"] == 2
+    assert one["scope"]["campaign_exchanges"] == 6
+    assert one["counts"]["exchanges"] == 4
+    stored = pq.read_table(one_dir / "exchanges.parquet")
+    expected = {
+        a: sorted(r["request_id"] for r in _exchanges().to_pylist() if r["account_id"] == a)
+        for a in ("a1", "a2")
+    }
+    by_account: dict[str, list[str]] = {}
+    for row in stored.select(["account_id", "request_id", "ts"]).sort_by("ts").to_pylist():
+        by_account.setdefault(row["account_id"], []).append(row["request_id"])
+    first_two = {a: sorted(ids, key=lambda r: int(r[1:]))[:2] for a, ids in expected.items()}
+    assert by_account == first_two
+    # Under the cap nothing is cut and the manifest carries no scope.
+    two = json.loads((out / CASES_DIR / "C-two" / "manifest.json").read_text())
+    assert "scope" not in two and two["counts"]["exchanges"] == 3

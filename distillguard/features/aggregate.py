@@ -88,9 +88,10 @@ def feature_expr(
         hour=signals.ts.hour(),
         day=signals.ts.date(),
     )
-    gaps = s.mutate(
-        gap=s.sec - s.sec.lag().over(ibis.window(group_by=keys, order_by=[s.ts, s.request_id]))
-    )
+    # Only the keys and the time go through the sort: a window carries every column it is given.
+    # Ties in ts need no tie-break: equal times give a zero gap whichever comes first.
+    times = s.select(*keys, "sec")
+    gaps = times.mutate(gap=times.sec - times.sec.lag().over(ibis.window(group_by=keys, order_by=times.sec)))
     content = s.has_content
     newest = (
         s.group_by("model").aggregate(first=s.ts.min()).order_by([ibis.desc("first"), "model"]).limit(1)

@@ -283,17 +283,23 @@ def report_data_from_outputs(
         member_accounts = con.sql(
             "select acc.* from acc join (select distinct account_id from m) using (account_id) order by account_id"
         ).to_arrow_table()
-        edges = con.sql(
-            "with keys as ("
-            " select distinct m.campaign_id, account_id, 'ip' as kind,"
-            f" client_ip || '|' || (epoch(ts)::bigint // {IP_WINDOW_S})::varchar as key"
-            f" from ex join m using (account_id) {sp}{acc_keys}),"
-            " pairs as (select a.campaign_id, a.account_id as account_a, b.account_id as account_b,"
-            " a.kind, count(*) as k from keys a join keys b on a.campaign_id = b.campaign_id"
-            " and a.kind = b.kind and a.key = b.key and a.account_id < b.account_id group by all)"
-            " select campaign_id, account_a, account_b, sum(ln(1 + k))::double as weight,"
-            " arg_max(kind, ln(1 + k)) as kind from pairs group by all order by all"
-        ).to_arrow_table()
+        # linking's own weighted edges when detect wrote them; else a rebuild from raw keys
+        # (the self-join below is the costliest query here, so it runs only when needed).
+        edges = (
+            pq.read_table(out / CAMPAIGN_EDGES)
+            if (out / CAMPAIGN_EDGES).exists()
+            else con.sql(
+                "with keys as ("
+                " select distinct m.campaign_id, account_id, 'ip' as kind,"
+                f" client_ip || '|' || (epoch(ts)::bigint // {IP_WINDOW_S})::varchar as key"
+                f" from ex join m using (account_id) {sp}{acc_keys}),"
+                " pairs as (select a.campaign_id, a.account_id as account_a, b.account_id as account_b,"
+                " a.kind, count(*) as k from keys a join keys b on a.campaign_id = b.campaign_id"
+                " and a.kind = b.kind and a.key = b.key and a.account_id < b.account_id group by all)"
+                " select campaign_id, account_a, account_b, sum(ln(1 + k))::double as weight,"
+                " arg_max(kind, ln(1 + k)) as kind from pairs group by all order by all"
+            ).to_arrow_table()
+        )
     finally:
         con.close()
     return ReportData(
@@ -303,12 +309,7 @@ def report_data_from_outputs(
         volume=volume.cast(VOLUME_SCHEMA),
         addresses=addresses.cast(ADDRESS_SCHEMA),
         accounts=member_accounts,
-        # linking's own weighted edges when detect wrote them; else the rebuild from raw keys
-        edges=(
-            pq.read_table(out / CAMPAIGN_EDGES).cast(EDGE_SCHEMA)
-            if (out / CAMPAIGN_EDGES).exists()
-            else edges.cast(EDGE_SCHEMA)
-        ),
+        edges=edges.cast(EDGE_SCHEMA),
         capabilities=capabilities_from_campaigns(campaigns),
         ip_intel=log.ip_intel,
         snippets=dict(

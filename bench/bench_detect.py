@@ -33,19 +33,25 @@ def _exchange_files(logdir: Path) -> list[str]:
     return files
 
 
-def floor(files: list[str]) -> tuple[float, int]:
-    """Seconds for the bare group-by, and the number of exchanges it read."""
+def floor(files: list[str]) -> tuple[float, float, int]:
+    """Wall and CPU seconds for the bare group-by, and the number of exchanges it read."""
     con = duckdb.connect()
+    cpu_started = time.process_time()
     started = time.perf_counter()
     rows = con.execute(
         "SELECT account_id, count(*) AS n FROM read_parquet(?) GROUP BY account_id", [files]
     ).fetchall()
     elapsed = time.perf_counter() - started
-    return elapsed, int(sum(n for _, n in rows))
+    return elapsed, time.process_time() - cpu_started, int(sum(n for _, n in rows))
 
 
-def run_detect(logdir: Path, outdir: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (GiB) of ``distillguard detect`` in a child process."""
+def run_detect(logdir: Path, outdir: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (GiB) of ``distillguard detect`` in a child process.
+
+    CPU seconds (user + system of the child) are reported too because wall time on a shared
+    machine depends on everything else running; CPU time much less so.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "distillguard", "detect", str(logdir), "--out", str(outdir)],
@@ -58,8 +64,9 @@ def run_detect(logdir: Path, outdir: Path) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"detect failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     # Linux reports ru_maxrss in KiB; the largest child so far is detect (the only one).
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, peak_kib / 1024 / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, after.ru_maxrss / 1024 / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,16 +85,19 @@ def main(argv: list[str] | None = None) -> int:
             logdir = Path(tmp) / "log"
             simulate(args.scenario, args.scale, args.seed, logdir)
         files = _exchange_files(logdir)
-        floor_s, n = floor(files)
+        floor_s, floor_cpu, n = floor(files)
         outdir = args.out or Path(tmp) / "out"
-        detect_s, peak_gib = run_detect(logdir, outdir)
+        detect_s, detect_cpu, peak_gib = run_detect(logdir, outdir)
     rate = n / detect_s if detect_s > 0 else float("inf")
     result = {
         "logdir": str(logdir),
         "exchanges": n,
         "detect_seconds": round(detect_s, 2),
+        "detect_cpu_seconds": round(detect_cpu, 1),
         "floor_seconds": round(floor_s, 3),
+        "floor_cpu_seconds": round(floor_cpu, 3),
         "ratio_to_floor": round(detect_s / floor_s, 1) if floor_s > 0 else None,
+        "cpu_ratio_to_floor": round(detect_cpu / floor_cpu, 1) if floor_cpu > 0 else None,
         "exchanges_per_second": round(rate),
         "peak_rss_gib": round(peak_gib, 2),
         "seed_scale_minutes_extrapolated": round(SEED_SCALE_EXCHANGES / rate / 60, 1),

@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/bench_detect.py --scale medium --seed 7
 	$(BIN)/python bench/bench_replay.py --scale medium --seed 7
 	$(BIN)/python bench/bench_service.py --rate 2000 --seconds 10 --redis
+	$(BIN)/python bench/bench_spark.py --scale medium --seed 7
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

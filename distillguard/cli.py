@@ -13,7 +13,7 @@ from typing import Annotated, cast
 import typer
 from rich.console import Console
 
-from distillguard.core.errors import DistillguardError, InvalidInputError
+from distillguard.core.errors import ConfigError, DistillguardError, InvalidInputError
 
 app = typer.Typer(
     name="distillguard",
@@ -301,13 +301,40 @@ def simulate(
 
 
 @app.command()
-def detect(logdir: LogDir, out_dir: OutDir, config: ConfigOpt = None) -> None:
+def detect(
+    logdir: Annotated[
+        str,
+        typer.Argument(
+            help="A log directory in the data contract (with --engine spark also a URI: hdfs://, s3://, ...).",
+            show_default=False,
+        ),
+    ],
+    out_dir: OutDir,
+    config: ConfigOpt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="embedded (in process) or spark (relational stages on Apache Spark; docs/spark.md)."
+        ),
+    ] = "embedded",
+    indicators: Annotated[
+        Path | None, typer.Option("--indicators", help="Peer indicator store (from `share import`): one more signal.")
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="Sharing-group key, to match peers' keyed identifiers.")
+    ] = None,
+) -> None:
     """Judge a log directory: write verdicts.jsonl, campaigns.json and report.html to --out."""
     from distillguard.core.config import load_config
+    from distillguard.core.indicators import use_indicator_store
     from distillguard.pipeline import detect as run_detect
 
     try:
-        result = run_detect(logdir, out_dir, load_config(config))
+        if engine not in ("embedded", "spark"):
+            raise ConfigError(f"--engine {engine!r}: choose embedded or spark")
+        result = run_detect(
+            logdir, out_dir, use_indicator_store(load_config(config), indicators, key_file), engine=engine
+        )
     except DistillguardError as exc:
         _fail(exc)
         return
@@ -370,13 +397,20 @@ def share_export(
     password: TaxiiPassword = None,
     tlp: Annotated[str, typer.Option("--tlp", help="clear, green, amber or red.")] = "amber",
     config: ConfigOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="stix (bundle) or misp (MISP event JSON, file only).")] = "stix",
 ) -> None:
-    """Turn detected campaigns into a keyed STIX 2.1 bundle (file and/or TAXII collection)."""
+    """Turn detected campaigns into a keyed STIX 2.1 bundle (file and/or TAXII collection) or MISP events."""
     from distillguard.core.config import load_config
     from distillguard.core.indicators import GroupKey
     from distillguard.share.api import export_campaigns
     from distillguard.share.taxii import TaxiiTarget
 
+    if fmt not in ("stix", "misp"):
+        err.print(f"[bold red]error[/]: --format {fmt!r}: choose stix or misp", highlight=False)
+        raise typer.Exit(code=2)
+    if fmt == "misp":
+        _share_export_misp(results, log, key_file, producer, bundle, taxii, tlp, config)
+        return
     if bundle is None and taxii is None:
         err.print("[bold red]error[/]: give --out FILE and/or --taxii URL", highlight=False)
         raise typer.Exit(code=2)
@@ -394,6 +428,29 @@ def share_export(
         out.print(f"withheld (shared with benign traffic): {summary.vetoed}", highlight=False)
     if summary.published is not None:
         out.print(f"TAXII: {summary.published.status}, {summary.published.success_count} added", highlight=False)
+
+
+def _share_export_misp(
+    results: Path, log: Path, key_file: Path, producer: str, target: Path | None, taxii: str | None, tlp: str,
+    config: Path | None,
+) -> None:
+    from distillguard.core.config import load_config
+    from distillguard.core.indicators import GroupKey
+    from distillguard.share.misp import export_misp
+
+    if target is None or taxii is not None:
+        err.print("[bold red]error[/]: --format misp writes a file: give --out FILE (TAXII carries STIX only)", highlight=False)
+        raise typer.Exit(code=2)
+    try:
+        summary = export_misp(results, log, GroupKey.load(key_file), producer=producer, out=target, tlp=tlp,
+                              config=load_config(config))  # fmt: skip
+    except DistillguardError as exc:
+        _fail(exc)
+        return
+    kinds = ", ".join(f"{n} {t}" for t, n in sorted({**summary.attributes_by_type, **summary.objects_by_name}.items()))
+    out.print(f"exported {summary.events} MISP event(s) to {target}: {kinds}", highlight=False)
+    if summary.vetoed:
+        out.print(f"withheld (shared with benign traffic): {summary.vetoed}", highlight=False)
 
 
 @share_app.command("import")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,24 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from rich.progress import Progress
+from rich.progress import Progress, TimeElapsedColumn
 
 from distillguard.core.atomic import atomic_path, write_text_atomic
 from distillguard.core.config import config_hash
 from distillguard.core.detector import Detections
+from distillguard.core.engine import Engine
 from distillguard.core.verdict import Action, Reason, Verdict
+from distillguard.engines import is_uri, open_engine, stage_log
 from distillguard.engines.embedded import EmbeddedEngine
 from distillguard.evidence.report import CAMPAIGN_EDGES, edges_from_link
 from distillguard.features import REGISTRY as ACCOUNT_DETECTORS
-from distillguard.linking import CLUSTER_DETECTORS, LinkResult, link
+from distillguard.linking import CLUSTER_DETECTORS, LinkResult, link, peer_detections
 from distillguard.linking.edges import EDGE_DETECTOR_VERSION, EDGE_KINDS
+from distillguard.linking.peer_indicators import (
+    PEER_DETECTOR_ID,
+    with_peer_evidence,
+    with_peer_signal,
+)
 from distillguard.scoring.combine import SCORING_VERSION, Scored, score_accounts
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
 
@@ -99,7 +107,7 @@ def _ensure_accounts(accounts: pa.Table | None, signals_ids: pa.Array) -> pa.Tab
 
 
 def _sample_ids(
-    engine: EmbeddedEngine, signals: Any, account_ids: Sequence[str], k: int
+    engine: Engine, signals: Any, account_ids: Sequence[str], k: int
 ) -> dict[str, list[str]]:
     """The ``k`` earliest request ids of each given account (evidence an analyst can pull)."""
     if not account_ids:
@@ -271,7 +279,7 @@ def _report(
 class ScoredRun:
     """Linking and scoring results before the policy: what calibration and the outputs read."""
 
-    engine: EmbeddedEngine
+    engine: Engine
     signals: Any  # ibis table of the signals on ``engine`` (for evidence sampling)
     link: LinkResult
     cluster_detections: tuple[Detections, ...]
@@ -285,9 +293,10 @@ def link_and_score(
     features: pa.Table,
     config: Mapping[str, Any],
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> ScoredRun:
     """Linking → cluster and account detectors → additive scores (no policy yet)."""
-    engine = EmbeddedEngine()
+    engine = engine if engine is not None else EmbeddedEngine()
     sig_names = signals.schema.names
     sig_in = (
         signals.select([c for c in _SIGNAL_COLS if c in sig_names])
@@ -313,6 +322,9 @@ def link_and_score(
     account_dets = tuple(
         ACCOUNT_DETECTORS[k](config).score_features(features) for k in sorted(ACCOUNT_DETECTORS)
     )
+    peer = peer_detections(sig_in, accounts, config)  # None unless share.indicators.store is set
+    if peer is not None:
+        account_dets, config = (*account_dets, peer), with_peer_signal(config)
     scored = score_accounts(
         features, link_result.membership, cluster_dets, config, account_detections=account_dets
     )
@@ -327,9 +339,10 @@ def detect_tables(
     digests: Mapping[str, str] | None = None,
     detectors_ran: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> DetectResult:
     """Linking → scoring → policy → outputs over already computed signals and account features."""
-    run_ = link_and_score(signals, accounts, features, config, progress)
+    run_ = link_and_score(signals, accounts, features, config, progress, engine)
     engine, sig_t, link_result = run_.engine, run_.signals, run_.link
     cluster_dets, account_dets, scored = (
         run_.cluster_detections,
@@ -342,6 +355,7 @@ def detect_tables(
     scfg = config["scoring"]
     acted = [i for i in range(len(ranks)) if ranks[i] > 0]
     acc_ids = scored.accounts["account_id"].to_pylist()
+    peer_ev = next((d.evidence for d in account_dets if d.detector.id == PEER_DETECTOR_ID), {})
     samples = _sample_ids(
         engine, sig_t, [acc_ids[i] for i in acted], int(scfg["sample_request_ids"])
     )
@@ -356,6 +370,7 @@ def detect_tables(
             float(scfg["min_reason_contribution"]),
             int(scfg["max_reasons"]),
         )
+        reasons = with_peer_evidence(reasons, peer_ev.get(acc_ids[i]))
         action = ACTIONS_BY_RANK[int(ranks[i])]
         if not reasons:  # nothing checkable: the contract forbids an unexplained action
             continue
@@ -405,10 +420,26 @@ def write_outputs(result: DetectResult, outdir: str | Path) -> None:
             pq.write_table(result.campaign_edges, staged)
 
 
+def _spill_dir(log: Any, config: Mapping[str, Any], scratch: Path | None) -> Path | None:
+    """Where the embedded path writes the signals when they would not fit comfortably in memory."""
+    limit = int((config.get("signals") or {}).get("spill_rows", 0) or 0)
+    if scratch is None or limit <= 0 or log.exchanges.count_rows() <= limit:
+        return None
+    return scratch
+
+
 def _prepare(
-    logdir: str | Path, config: Mapping[str, Any], progress: Progress
+    logdir: str | Path,
+    config: Mapping[str, Any],
+    progress: Progress,
+    engine: Engine | None = None,
+    scratch: Path | None = None,
 ) -> tuple[Any, pa.Table | pads.Dataset, pa.Table]:
-    """load_log → per-exchange signals → per-account features (computed once)."""
+    """load_log → per-exchange signals → per-account features (computed once).
+
+    With an ``engine`` (Spark) the signals go to Parquet parts the engine reads, and the
+    features run on it; without, both stay in process as before.
+    """
     from distillguard.features import compute_account_features
     from distillguard.ingest import load_log
     from distillguard.signals import compute_exchange_signals
@@ -417,27 +448,46 @@ def _prepare(
     log = load_log(Path(logdir), config)
     progress.update(t, total=1, completed=1)
     t = progress.add_task("per-exchange signals", total=None)
-    signals = compute_exchange_signals(log, config)
+    if engine is None:
+        signals = compute_exchange_signals(log, config, work_dir=_spill_dir(log, config, scratch))
+    else:
+        from distillguard.engines import scratch_dir
+
+        signals = compute_exchange_signals(log, config, work_dir=scratch_dir(engine))
     progress.update(t, total=1, completed=1)
     t = progress.add_task("per-account features", total=None)
-    features = compute_account_features(signals, log.accounts, config)
+    if engine is None:
+        features = compute_account_features(signals, log.accounts, config)
+    else:
+        from distillguard.engines import account_features
+
+        features = account_features(engine, signals, log.accounts, config)
     progress.update(t, total=1, completed=1)
     return log, signals, features
 
 
-def score_log(logdir: str | Path, config: Mapping[str, Any]) -> ScoredRun:
+def score_log(
+    logdir: str | Path, config: Mapping[str, Any], engine: Engine | None = None
+) -> ScoredRun:
     """Scores of every account of a log directory before the policy (used by calibration)."""
     with Progress(transient=True) as progress:
-        log, signals, features = _prepare(logdir, config, progress)
-        return link_and_score(signals, log.accounts, features, config, progress)
+        log, signals, features = _prepare(logdir, config, progress, engine)
+        return link_and_score(signals, log.accounts, features, config, progress, engine)
 
 
-def run_detect(logdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
+def run_detect(
+    logdir: str | Path, config: Mapping[str, Any], engine: Engine | None = None
+) -> DetectResult:
     """The whole chain on a log directory, with rich progress on stderr."""
-    with Progress(transient=False) as progress:
-        log, signals, features = _prepare(logdir, config, progress)
+    with (
+        Progress(*Progress.get_default_columns(), TimeElapsedColumn()) as progress,
+        tempfile.TemporaryDirectory(prefix="distillguard-detect-") as scratch,
+    ):
+        log, signals, features = _prepare(logdir, config, progress, engine, Path(scratch))
         digests = dict(getattr(log, "digests", {}) or {})
-        return detect_tables(signals, log.accounts, features, config, digests, progress=progress)
+        return detect_tables(
+            signals, log.accounts, features, config, digests, progress=progress, engine=engine
+        )
 
 
 def write_evidence(logdir: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> None:
@@ -447,7 +497,7 @@ def write_evidence(logdir: str | Path, outdir: str | Path, config: Mapping[str, 
     from distillguard.ingest import load_log
 
     log = load_log(Path(logdir), config)
-    with Progress(transient=False) as progress:
+    with Progress(*Progress.get_default_columns(), TimeElapsedColumn()) as progress:
         if (config.get("evidence") or {}).get("case_files", True):
             task = progress.add_task("case files", total=None)
             write_campaign_cases(log.exchanges, outdir, config)
@@ -461,9 +511,21 @@ def write_evidence(logdir: str | Path, outdir: str | Path, config: Mapping[str, 
         progress.update(task, total=1, completed=1)
 
 
-def detect(logdir: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> DetectResult:
-    """``distillguard detect``: run the chain and write its outputs, case files and report."""
-    result = run_detect(logdir, config)
-    write_outputs(result, outdir)
-    write_evidence(logdir, outdir, config)
+def detect(
+    logdir: str | Path, outdir: str | Path, config: Mapping[str, Any], engine: str = "embedded"
+) -> DetectResult:
+    """``distillguard detect``: run the chain and write its outputs, case files and report.
+
+    ``engine``: ``embedded`` (in process) or ``spark`` (the relational stages on Spark; the
+    log may then also be a URI, copied to local disk for ingest — docs/spark.md).
+    """
+    if engine == "embedded" and not is_uri(logdir):
+        result = run_detect(logdir, config)
+        write_outputs(result, outdir)
+        write_evidence(logdir, outdir, config)
+        return result
+    with stage_log(logdir) as local, open_engine(engine) as eng:
+        result = run_detect(local, config, None if engine == "embedded" else eng)
+        write_outputs(result, outdir)
+        write_evidence(local, outdir, config)
     return result

@@ -4,7 +4,7 @@
 # without a password); otherwise it explains what to install and exits 0 so `make` goes on.
 set -euo pipefail
 
-PACKAGES=(redis-server chromium wrk)  # wrk: bench_service load generator
+PACKAGES=(redis-server chromium wrk openjdk-17-jre-headless)  # wrk: bench_service load generator; JRE: --engine spark
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

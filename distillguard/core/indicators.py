@@ -42,10 +42,10 @@ import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 import pyarrow as pa
@@ -59,6 +59,8 @@ PLAIN_KINDS: Final = ("ip_prefix", "asn", "user_agent")
 KEYED_KINDS: Final = ("ip", "payment", "email", "email_domain")
 KINDS: Final = (*PLAIN_KINDS, *KEYED_KINDS, "template")
 GROUP_KEY_BYTES: Final = 32
+#: Name of the template-sketch algorithm (the signals stage's scaffold MinHash + LSH bands).
+TEMPLATE_SKETCH_ALGORITHM: Final = "distillguard-scaffold-minhash-lsh/1"
 
 _TS = pa.timestamp("ms", tz="UTC")
 INDICATOR_STORE_SCHEMA: Final = pa.schema(
@@ -162,6 +164,119 @@ class GroupKey:
             staged.chmod(0o600)
 
 
+#: Per-kind ceiling of the peer score: how much one kind of shared indicator can say on its own.
+#: Network infrastructure that benign customers may share (a cloud prefix, an AS, an SDK's user
+#: agent) says little; an exact identifier or the campaign's own prompt scaffold says more.
+DEFAULT_KIND_WEIGHTS: Final[Mapping[str, float]] = {
+    "ip": 0.6, "ip_prefix": 0.35, "asn": 0.1, "user_agent": 0.2, "payment": 0.9, "email": 0.9,
+    "email_domain": 0.2, "template": 0.35,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PeerMatchSettings:
+    """How peers' indicators become a signal (``share.indicators`` in configuration).
+
+    Per account and kind: ``s_k = kind_weight_k * confidence_k / 100 * min(1, coverage_k /
+    full_coverage)``, coverage being the share of the account's exchanges on a matched value
+    (1 for account attributes: payment, e-mail), over at least ``min_exchanges`` exchanges so a
+    handful of requests cannot make a full share. The peer score is ``1 - prod(1 - s_k)`` and
+    contributes ``weight * score`` log-odds — never cluster evidence, so it cannot suspend alone.
+    """
+
+    store: str | None = None
+    key_file: str | None = None
+    weight: float = 3.0
+    kind_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
+    full_coverage: float = 0.3
+    min_exchanges: int = 10
+    min_confidence: int = 50
+    max_online_values: int = 500_000
+    max_online_accounts: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 10.0:
+            raise ConfigError(
+                f"share.indicators.weight must be in [0, 10] log-odds, got {self.weight}"
+            )
+        unknown = sorted(set(self.kind_weights) - set(KINDS))
+        if unknown:
+            raise ConfigError(
+                f"share.indicators.kind_weights: unknown kinds {unknown}; known: {list(KINDS)}"
+            )
+        bad = {k: v for k, v in self.kind_weights.items() if not 0.0 <= float(v) <= 1.0}
+        if bad:
+            raise ConfigError(f"share.indicators.kind_weights must be in [0, 1]; got {bad}")
+        if not 0.0 < self.full_coverage <= 1.0:
+            raise ConfigError(
+                f"share.indicators.full_coverage must be in (0, 1], got {self.full_coverage}"
+            )
+        if self.min_exchanges < 1:
+            raise ConfigError(
+                f"share.indicators.min_exchanges must be >= 1, got {self.min_exchanges}"
+            )
+        if not 0 <= self.min_confidence <= 100:
+            raise ConfigError(
+                f"share.indicators.min_confidence must be in [0, 100], got {self.min_confidence}"
+            )
+        if self.max_online_values < 1 or self.max_online_accounts < 1:
+            raise ConfigError(
+                "share.indicators.max_online_values and max_online_accounts must be >= 1"
+            )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> PeerMatchSettings:
+        section = dict(((config or {}).get("share") or {}).get("indicators") or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"unknown share.indicators keys {unknown}; known: {sorted(known)}")
+        if "kind_weights" in section:
+            section["kind_weights"] = {
+                **DEFAULT_KIND_WEIGHTS,
+                **dict(section["kind_weights"] or {}),
+            }
+        return cls(**section)
+
+    @property
+    def enabled(self) -> bool:
+        return self.store is not None and self.weight > 0.0
+
+    def group_key(self) -> GroupKey | None:
+        """The sharing-group key named by ``key_file`` (None: keyed identifiers cannot match)."""
+        return GroupKey.load(self.key_file) if self.key_file else None
+
+
+def use_indicator_store(
+    config: Mapping[str, Any],
+    store: str | os.PathLike[str] | None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """``config`` with ``share.indicators.store`` (and ``key_file``) set, as ``--indicators`` asks.
+
+    A store that does not exist is a configuration error here (a typo must not silently disable
+    the peer signal); ``read_indicator_store`` itself treats a missing file as empty.
+    """
+    out = dict(config)
+    if store is None and key_file is None:
+        return out
+    share = dict(out.get("share") or {})
+    section = dict(share.get("indicators") or {})
+    if store is not None:
+        if not Path(store).is_file():
+            raise ConfigError(
+                f"indicator store {store} does not exist (write one with `distillguard share import`)"
+            )
+        section["store"] = str(store)
+    if key_file is not None:
+        GroupKey.load(key_file)  # fail fast on an unreadable or short key
+        section["key_file"] = str(key_file)
+    share["indicators"] = section
+    out["share"] = share
+    PeerMatchSettings.from_config(out)
+    return out
+
+
 def normalise(kind: str, value: str) -> str:
     """Canonical text of an identifier so both providers hash the same bytes for the same thing."""
     v = value.strip()
@@ -187,21 +302,35 @@ def read_indicator_store(path: str | os.PathLike[str]) -> pa.Table:
     try:
         table = pq.read_table(p)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InvalidInputError([Problem(str(p), None, None, f"not a Parquet indicator store: {exc}")]) from exc
+        raise InvalidInputError(
+            [Problem(str(p), None, None, f"not a Parquet indicator store: {exc}")]
+        ) from exc
     missing = [f.name for f in INDICATOR_STORE_SCHEMA if f.name not in table.column_names]
     if missing:
         raise InvalidInputError(
-            [Problem(str(p), None, c, "missing column of the indicator store schema") for c in missing]
+            [
+                Problem(str(p), None, c, "missing column of the indicator store schema")
+                for c in missing
+            ]
         )
     table = table.select(INDICATOR_STORE_SCHEMA.names)
     try:
         table = table.cast(INDICATOR_STORE_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-        raise InvalidInputError([Problem(str(p), None, None, f"column types do not fit the schema: {exc}")]) from exc
+        raise InvalidInputError(
+            [Problem(str(p), None, None, f"column types do not fit the schema: {exc}")]
+        ) from exc
     bad = table.filter(pc.invert(pc.is_in(table["kind"], pa.array(KINDS))))
     if bad.num_rows:
         raise InvalidInputError(
-            [Problem(str(p), None, "kind", f"unknown indicator kind {bad['kind'][0].as_py()!r}; known: {KINDS}")]
+            [
+                Problem(
+                    str(p),
+                    None,
+                    "kind",
+                    f"unknown indicator kind {bad['kind'][0].as_py()!r}; known: {KINDS}",
+                )
+            ]
         )
     return table
 
@@ -209,8 +338,14 @@ def read_indicator_store(path: str | os.PathLike[str]) -> pa.Table:
 def write_indicator_store(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Write the store atomically, sorted so equal contents give equal bytes."""
     table = table.select(INDICATOR_STORE_SCHEMA.names).cast(INDICATOR_STORE_SCHEMA)
-    table = table.sort_by([("kind", "ascending"), ("value", "ascending"), ("indicator_id", "ascending"),
-                           ("peer_identity", "ascending")])
+    table = table.sort_by(
+        [
+            ("kind", "ascending"),
+            ("value", "ascending"),
+            ("indicator_id", "ascending"),
+            ("peer_identity", "ascending"),
+        ]
+    )
     with atomic_path(path) as staged:
         pq.write_table(table, staged)
 
@@ -225,9 +360,19 @@ def merge_stores(old: pa.Table, new: pa.Table) -> pa.Table:
         frame.with_columns(pl.col("params").fill_null(""))
         .sort(["produced_at", "imported_at"], descending=True)
         .unique(subset=keys, keep="first", maintain_order=True)
-        .with_columns(pl.when(pl.col("params") == "").then(None).otherwise(pl.col("params")).alias("params"))
+        .with_columns(
+            pl.when(pl.col("params") == "").then(None).otherwise(pl.col("params")).alias("params")
+        )
     )
     return frame.to_arrow().select(INDICATOR_STORE_SCHEMA.names).cast(INDICATOR_STORE_SCHEMA)
+
+
+def local_template_params(
+    *, seed: int, num_perm: int, bands: int, shingle: int, head_words: int, tail_words: int
+) -> dict[str, object]:
+    """Sketch parameters (the store's ``params``) of our own signals stage, to match peers' sketches."""
+    return {"algorithm": TEMPLATE_SKETCH_ALGORITHM, "seed": seed, "num_perm": num_perm, "bands": bands,
+            "shingle": shingle, "head_words": head_words, "tail_words": tail_words}  # fmt: skip
 
 
 def template_params_id(params: Mapping[str, object]) -> str:
@@ -236,7 +381,10 @@ def template_params_id(params: Mapping[str, object]) -> str:
 
 
 def store_rows_for_matching(
-    store: pa.Table, key: GroupKey | None, at: datetime | None, template_params: Mapping[str, object] | None
+    store: pa.Table,
+    key: GroupKey | None,
+    at: datetime | None,
+    template_params: Mapping[str, object] | None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Explode the store into ``(kind, value)`` join keys; count what cannot be used and why.
 
@@ -249,7 +397,9 @@ def store_rows_for_matching(
     skipped: dict[str, int] = {}
     if at is not None:
         at_ms = pl.lit(at).cast(pl.Datetime("ms", "UTC"))
-        live = (pl.col("valid_from") <= at_ms) & (pl.col("valid_until").is_null() | (pl.col("valid_until") > at_ms))
+        live = (pl.col("valid_from") <= at_ms) & (
+            pl.col("valid_until").is_null() | (pl.col("valid_until") > at_ms)
+        )
         skipped["expired_or_not_yet_valid"] = frame.filter(~live).height
         frame = frame.filter(live)
     keyed = pl.col("kind").is_in(list(KEYED_KINDS))
@@ -265,12 +415,88 @@ def store_rows_for_matching(
     plain = frame.filter(~is_tpl).select(pl.exclude("band_keys"))
     tpl = (
         frame.filter(is_tpl)
-        .with_columns(band_keys=pl.col("band_keys").list.eval(pl.int_range(pl.len()).cast(pl.String) + ":" + pl.element()))
+        .with_columns(
+            band_keys=pl.col("band_keys").list.eval(
+                pl.int_range(pl.len()).cast(pl.String) + ":" + pl.element()
+            )
+        )
         .explode("band_keys")
         .with_columns(kind=pl.lit("template_band"), value=pl.col("band_keys"))
         .drop("band_keys")
     )
-    return pl.concat([plain, tpl], how="vertical_relaxed"), skipped
+    # The signals stage's template id is itself one band key (the smallest of its one-hop
+    # family), so a position-free key matches a peer's sketch without recomputing any MinHash.
+    tpl_key = tpl.with_columns(
+        kind=pl.lit("template_key"), value=pl.col("value").str.split(":").list.last()
+    ).unique(subset=["indicator_id", "peer_identity", "value"], keep="first", maintain_order=True)
+    return pl.concat([plain, tpl, tpl_key], how="vertical_relaxed"), skipped
+
+
+def template_key_hex(template_id: int) -> str:
+    """The observation value of a signals-stage template id (kind ``template_key``): 16 hex digits."""
+    return f"{int(template_id):016x}"
+
+
+def match_observations(
+    store: pa.Table,
+    observations: pa.Table | pl.DataFrame,
+    *,
+    key: GroupKey | None = None,
+    at: datetime | None = None,
+    template_params: Mapping[str, object] | None = None,
+) -> pl.DataFrame:
+    """Value-level matches: one row per (account, observed kind and value, indicator).
+
+    Columns: ``account_id, kind`` (the observation's kind: ``template_band`` and ``template_key``
+    stay distinct), ``value`` (the observation's *plain* value, for joining back to our own log;
+    never exported), ``indicator_id, peer, confidence, produced_at, imported_at, valid_until,
+    n, first_ts``.
+    """
+    rows, _ = store_rows_for_matching(store, key, at, template_params)
+    if isinstance(observations, pl.DataFrame):
+        obs = observations.select(OBSERVATION_SCHEMA.names).cast(
+            {"n": pl.Int64, "first_ts": pl.Datetime("ms", "UTC")}
+        )
+    else:
+        frame = pl.from_arrow(
+            observations.select(OBSERVATION_SCHEMA.names).cast(OBSERVATION_SCHEMA)
+        )
+        assert isinstance(frame, pl.DataFrame)
+        obs = frame
+    cols = ["account_id", "kind", "value", "indicator_id", "peer", "confidence", "produced_at", "imported_at",
+            "valid_until", "n", "first_ts"]  # fmt: skip
+    if rows.height == 0 or obs.height == 0:
+        return obs.clear().with_columns(
+            indicator_id=pl.lit(None, pl.String), peer=pl.lit(None, pl.String), confidence=pl.lit(None, pl.Int64),
+            produced_at=pl.lit(None, pl.Datetime("ms", "UTC")), imported_at=pl.lit(None, pl.Datetime("ms", "UTC")),
+            valid_until=pl.lit(None, pl.Datetime("ms", "UTC")),
+        ).select(cols)  # fmt: skip
+    is_keyed = pl.col("kind").is_in(list(KEYED_KINDS))
+    distinct = obs.filter(is_keyed).select("kind", "value").unique()
+    if key is not None and distinct.height:
+        hashed = distinct.with_columns(
+            digest=pl.Series([key.digest(k, v) for k, v in distinct.iter_rows()], dtype=pl.String)
+        )
+    else:
+        hashed = distinct.with_columns(digest=pl.lit(None, pl.String)).clear()
+    ref = rows.select(
+        "kind",
+        "value",
+        "indicator_id",
+        "peer",
+        "confidence",
+        "produced_at",
+        "imported_at",
+        "valid_until",
+    )
+    plain_hits = obs.filter(~is_keyed).join(ref, on=["kind", "value"])
+    keyed_hits = (
+        obs.filter(is_keyed)
+        .join(hashed, on=["kind", "value"])
+        .join(ref.rename({"value": "digest"}), on=["kind", "digest"])
+        .drop("digest")
+    )
+    return pl.concat([plain_hits.select(cols), keyed_hits.select(cols)], how="vertical_relaxed")
 
 
 def match_indicators(
@@ -285,32 +511,21 @@ def match_indicators(
 
     ``observations`` (:data:`OBSERVATION_SCHEMA`) lists what each account exposed, with plain
     values: ``ip``, ``ip_prefix``, ``asn`` (decimal text), ``user_agent``, ``payment``, ``email``,
-    ``email_domain``, and ``template_band`` (``"<band>:<16 hex>"`` from the signals stage's LSH
-    band keys). Keyed kinds are hashed here with ``key``; without a key they cannot match.
+    ``email_domain``, ``template_band`` (``"<band>:<16 hex>"`` from the signals stage's LSH
+    band keys) and ``template_key`` (a signals-stage ``template_id`` as 16 hex digits, any band).
+    Keyed kinds are hashed here with ``key``; without a key they cannot match.
     The result (:data:`MATCH_SCHEMA`) carries provenance — peer, confidence, when produced and
     imported — for the evidence of any verdict it feeds.
     """
-    rows, _ = store_rows_for_matching(store, key, at, template_params)
-    obs = pl.from_arrow(observations.select(OBSERVATION_SCHEMA.names).cast(OBSERVATION_SCHEMA))
-    assert isinstance(obs, pl.DataFrame)
-    if rows.height == 0 or obs.height == 0:
+    hits = match_observations(store, observations, key=key, at=at, template_params=template_params)
+    if hits.height == 0:
         return MATCH_SCHEMA.empty_table()
-    is_keyed = pl.col("kind").is_in(list(KEYED_KINDS))
-    distinct = obs.filter(is_keyed).select("kind", "value").unique()
-    if key is not None and distinct.height:
-        hashed = distinct.with_columns(
-            digest=pl.Series(
-                [key.digest(k, v) for k, v in distinct.iter_rows()], dtype=pl.String
-            )
-        )
-        keyed_obs = obs.filter(is_keyed).join(hashed, on=["kind", "value"]).with_columns(value=pl.col("digest")).drop("digest")
-    else:
-        keyed_obs = obs.clear()
-    obs = pl.concat([obs.filter(~is_keyed), keyed_obs])
-    hits = obs.join(rows.select("kind", "value", "indicator_id", "peer", "confidence", "produced_at", "imported_at"),
-                    on=["kind", "value"])
     # A template sketch matches when any band agrees (the signals stage's own joining rule).
-    hits = hits.with_columns(kind=pl.when(pl.col("kind") == "template_band").then(pl.lit("template")).otherwise(pl.col("kind")))
+    hits = hits.with_columns(
+        kind=pl.when(pl.col("kind").is_in(["template_band", "template_key"]))
+        .then(pl.lit("template"))
+        .otherwise(pl.col("kind"))
+    )
     out = (
         hits.group_by(["account_id", "kind", "indicator_id", "peer"])
         .agg(

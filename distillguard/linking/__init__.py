@@ -18,8 +18,9 @@ from distillguard.linking.clusters import (
 )
 from distillguard.linking.communities import find_clusters
 from distillguard.linking.edges import EDGE_KINDS, edge_expressions
+from distillguard.linking.peer_indicators import ACCOUNT_DETECTORS, peer_detections
 
-__all__ = ["CLUSTER_DETECTORS", "EDGE_KINDS", "LinkResult", "link"]
+__all__ = ["ACCOUNT_DETECTORS", "CLUSTER_DETECTORS", "EDGE_KINDS", "LinkResult", "link", "peer_detections"]
 
 
 @dataclass(frozen=True)

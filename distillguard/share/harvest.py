@@ -64,6 +64,7 @@ class ShareOptions:
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> ShareOptions:
         section = dict((config or {}).get("share", {}) or {})
+        section.pop("indicators", None)  # matching settings: core.indicators.PeerMatchSettings
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(section) - known)
         if unknown:

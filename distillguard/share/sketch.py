@@ -23,10 +23,10 @@ import numpy as np
 import polars as pl
 
 from distillguard.core.errors import ConfigError
-from distillguard.core.indicators import template_params_id
+from distillguard.core.indicators import TEMPLATE_SKETCH_ALGORITHM, template_params_id
 from distillguard.signals.template import MINHASH_SEED, TemplateParams, band_keys, scaffolds
 
-ALGORITHM: Final = "distillguard-scaffold-minhash-lsh/1"
+ALGORITHM: Final = TEMPLATE_SKETCH_ALGORITHM
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
 

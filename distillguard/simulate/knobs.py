@@ -29,6 +29,9 @@ class Knobs:
     volume_cap: int = 0  # max exchanges per account per day (0: no cap)
     distinct_cards: bool = False  # every account pays with its own card
     ipv6_share: float = 0.05  # share of exits that are IPv6
+    # >0: the exit pool is drawn from this seed, not the run's, so runs with different seeds (two
+    # providers) see the same operation's infrastructure with different accounts and cards.
+    infra_seed: int = 0
 
     def check(self, campaign: str) -> None:
         """Reject values that cannot work, naming the knob and the valid range."""
@@ -37,7 +40,7 @@ class Knobs:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{campaign}.{name}={value}: must be between 0 and 1")
-        for name in ("accounts", "volume_cap"):
+        for name in ("accounts", "volume_cap", "infra_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{campaign}.{name}={getattr(self, name)}: must be >= 0")
         for name in ("rate", "timing_jitter", "account_age_days"):

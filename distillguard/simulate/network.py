@@ -198,6 +198,13 @@ class Network:
                 net = ipaddress.ip_network(f"{ip}/29", strict=False)
                 self.proxy_cidrs.append((str(net), owner.asn, owner.as_name))
 
+    def adopt(self, other: Network) -> None:
+        """List ``other``'s prefixes and proxy ranges here too (an operation's exits seen by this provider)."""
+        for key, prefixes in other.prefixes.items():
+            mine = self.prefixes[key]
+            mine.extend(p for p in prefixes if p not in mine)
+        self.proxy_cidrs.extend(other.proxy_cidrs)
+
     def intel_rows(self) -> list[tuple[str, int, str, str]]:
         """Rows ``(cidr, asn, asn_org, kind)`` for ip_intel.csv: listed orgs, then nested proxies."""
         rows: list[tuple[str, int, str, str]] = []

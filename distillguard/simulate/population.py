@@ -10,6 +10,7 @@ from typing import Final
 import numpy as np
 
 from distillguard.simulate import network as net
+from distillguard.simulate.knobs import CAMPAIGNS as CAMPAIGN_NAMES
 from distillguard.simulate.knobs import Knobs
 from distillguard.simulate.prompts import (
     BATCH_EXTRACTION,
@@ -334,22 +335,25 @@ class Builder:
                        label="attack", campaign=name, paid=0.6)  # fmt: skip
         g.volume_cap = k.volume_cap
         # exits: residential proxies rented in bulk, shared by many accounts
+        infra = net.Network(np.random.default_rng([k.infra_seed, CAMPAIGN_NAMES.index(name)])) if k.infra_seed else self.net
         if name == "june2026":
-            pool = self.net.addresses(net.RESIDENTIAL + net.MOBILE, max(200, n // 3), k.ipv6_share)
-            self.net.mark_proxies(pool, 0.15)
+            pool = infra.addresses(net.RESIDENTIAL + net.MOBILE, max(200, n // 3), k.ipv6_share)
+            infra.mark_proxies(pool, 0.15)
             g.persona = "hydra_operator"
         elif name == "reasoning_harvester":
-            pool = self.net.addresses(net.VPN + net.DATACENTER[:2], max(20, n // 4), k.ipv6_share)
+            pool = infra.addresses(net.VPN + net.DATACENTER[:2], max(20, n // 4), k.ipv6_share)
             g.persona, g.timing, g.out_mu = "reasoning_harvester", "sync", 7.2
         elif name == "pivot":
-            pool = self.net.addresses(net.DATACENTER + net.RESIDENTIAL[:3], max(30, n * 4), k.ipv6_share)
+            pool = infra.addresses(net.DATACENTER + net.RESIDENTIAL[:3], max(30, n * 4), k.ipv6_share)
             g.persona, g.adopt = "pivot_operator", "pivot"
         else:
             kinds = net.RESIDENTIAL + net.MOBILE + net.VPN + net.DATACENTER
-            pool = self.net.addresses(kinds, max(100, n), k.ipv6_share)
+            pool = infra.addresses(kinds, max(100, n), k.ipv6_share)
             g.persona = "varied_operator"
             g.tier = self._choice(("free", "tier1", "tier2", "tier3"), n, (3, 4, 2, 1))
             g.verification = self._choice(("none", "email", "phone", "card", "kyc"), n, (1, 4, 3, 3, 1))
+        if infra is not self.net:
+            self.net.adopt(infra)
         g.pool, g.rotation = pool, k.proxy_rotation
         g.home_ip = pool[self.rng.integers(0, len(pool), size=n)]
         g.signup_ip = pool[self.rng.integers(0, len(pool), size=n)]

@@ -1,0 +1,266 @@
+"""The Spark engine: the same Ibis expressions as the embedded engine, executed by Apache Spark SQL.
+
+Inputs reach Spark as Parquet: a local Parquet dataset (the signal parts the batch path writes)
+is read in place when Spark runs locally; anything else (an in-memory Arrow table, or any input
+when executors run elsewhere) is first written under the engine's *stage* directory, which must
+be a URI every executor can read on a real cluster (``spark.distillguard.stageDir``, e.g.
+``hdfs:///tmp/distillguard`` or ``s3a://bucket/tmp``). Results come back through Arrow
+(``DataFrame.toArrow``), never through pandas, and are cast to the types the embedded engine
+returns, so every later stage sees the same tables whichever engine ran.
+
+Spark has no unsigned integers: a ``uint64`` column (the template ids) is read by Spark as
+``decimal(20,0)``, which keeps every value and its order; results carry it back as ``uint64``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import ibis
+import ibis.expr.datatypes as dt
+import ibis.expr.types as ir
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from distillguard.core.errors import ConfigError
+
+#: Spark settings of the local session the engine starts when none is running. A cluster run
+#: (spark-submit) brings its own session, and these are not applied to it.
+LOCAL_CONF: Final[Mapping[str, str]] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.host": "127.0.0.1",
+    # A few partitions per core: the default 200 costs seconds of task overhead on small shuffles.
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.memory": "4g",
+    "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
+}
+#: Spark setting naming where inputs are staged for executors (a URI on a cluster).
+STAGE_DIR_CONF: Final = "spark.distillguard.stageDir"
+_UNSIGNED_AS: Final = pa.decimal128(20, 0)
+
+
+def _compiler() -> Any:
+    """Ibis' Spark compiler with DuckDB's ``epoch_seconds``: fractional seconds, not truncated.
+
+    The stages were written against the embedded engine, where ``EPOCH(ts)`` keeps the
+    milliseconds; Spark's ``unix_timestamp`` drops them, which would move inter-arrival
+    gaps and account ages. Both engines must read the same instant the same way.
+    """
+    from ibis.backends.sql.compilers.pyspark import PySparkCompiler
+
+    class _Compiler(PySparkCompiler):  # type: ignore[misc]
+        def visit_ExtractEpochSeconds(self, op: Any, *, arg: Any) -> Any:
+            return self.f.unix_micros(self.cast(arg, dt.timestamp)) / 1_000_000.0
+
+    return _Compiler()
+
+
+def _is_local_master(master: str) -> bool:
+    return master.startswith("local")
+
+
+def _local_session(master: str, conf: Mapping[str, str]) -> Any:
+    from pyspark.sql import SparkSession
+
+    # Spark binds the driver to the machine's external address unless told otherwise.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.master(master).appName("distillguard")
+    for key, value in {**LOCAL_CONF, **conf}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    # Spark's INFO/WARN lines (plan truncation, native-hadoop) would bury the progress display.
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+class SparkEngine:
+    """Registers inputs as Spark tables and materialises Ibis expressions back to Arrow.
+
+    ``session``: a running ``SparkSession`` (spark-submit's); else the active one; else a local
+    session on ``master`` (``local[*]`` by default) with :data:`LOCAL_CONF` plus ``conf``.
+    ``stage_dir``: where inputs Spark cannot read in place are written (default: the session's
+    ``spark.distillguard.stageDir``, else a local temporary directory removed by :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        session: Any = None,
+        *,
+        master: str | None = None,
+        conf: Mapping[str, str] | None = None,
+        stage_dir: str | None = None,
+    ) -> None:
+        from pyspark.sql import SparkSession
+
+        self._owns_session = False
+        if session is None:
+            session = SparkSession.getActiveSession()
+        if session is None:
+            session = _local_session(
+                master or os.environ.get("DISTILLGUARD_SPARK_MASTER", "local[*]"), conf or {}
+            )
+            self._owns_session = True
+        self.session: Any = session
+        # Event times are UTC instants; a session zone elsewhere would shift hours and days.
+        session.conf.set("spark.sql.session.timeZone", "UTC")
+        self.backend: Any = ibis.pyspark.connect(session)
+        self.backend.compiler = _compiler()
+        self.local = _is_local_master(str(session.sparkContext.master))
+        stage = stage_dir or session.conf.get(STAGE_DIR_CONF, None)
+        self._owns_stage = stage is None
+        if stage is None:
+            if not self.local:
+                raise ConfigError(
+                    f"Spark runs on {session.sparkContext.master}: set {STAGE_DIR_CONF} to a "
+                    "directory every executor can read (hdfs://..., s3a://...)"
+                )
+            stage = tempfile.mkdtemp(prefix="distillguard-spark-")
+        self.stage_dir: str = stage.rstrip("/")
+        self._fs, self._fs_root = pafs.FileSystem.from_uri(
+            self.stage_dir if "://" in self.stage_dir else str(Path(self.stage_dir).resolve())
+        )
+        self._names: set[str] = set()
+        self._scratch: Path | None = None
+
+    @property
+    def scratch(self) -> Path:
+        """A driver-local directory for intermediate Parquet (the signal parts).
+
+        With a local stage directory it lives inside it (read in place); with a remote one it
+        is a local temporary directory, and :meth:`table` copies what it holds to the stage.
+        """
+        if self._scratch is None:
+            if "://" in self.stage_dir:
+                self._scratch = Path(tempfile.mkdtemp(prefix="distillguard-spark-scratch-"))
+            else:
+                self._scratch = Path(self.stage_dir) / "scratch"
+                self._scratch.mkdir(parents=True, exist_ok=True)
+        return self._scratch
+
+    # ------------------------------------------------------------------ Engine protocol
+
+    def table(self, name: str, data: pa.Table | pads.Dataset) -> ir.Table:
+        """Expose ``data`` as Spark table ``name`` (read in place when Spark can, else staged)."""
+        files = self._readable_in_place(data)
+        if files is None:
+            files = [self._stage(name, data)]
+        frame = self.session.read.parquet(*files)
+        frame.createOrReplaceTempView(name)
+        self._names.add(name)
+        return self.backend.table(name)
+
+    def to_arrow(self, expr: ir.Table) -> pa.Table:
+        """Execute ``expr`` on Spark and return it with the embedded engine's Arrow types."""
+        table = expr.as_table()
+        self.backend._run_pre_execute_hooks(table)
+        sql = self.backend.compile(table)
+        from pyspark.sql.types import TimestampType
+
+        frame = self.session.sql(sql)
+        # Spark's TimestampType is an instant (shown in the session zone, UTC); Ibis maps it
+        # to a naive timestamp, DuckDB's TIMESTAMPTZ to a UTC one: give both the same type.
+        instants = {f.name for f in frame.schema.fields if isinstance(f.dataType, TimestampType)}
+        schema = table.schema().to_pyarrow()
+        fields = [
+            pa.field(f.name, pa.timestamp(f.type.unit, tz="UTC"), f.nullable)
+            if f.name in instants and pa.types.is_timestamp(f.type) and f.type.tz is None
+            else f
+            for f in schema
+        ]
+        result: pa.Table = frame.toArrow()
+        return _conform(result, pa.schema(fields))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Drop the tables, remove a temporary stage directory, stop a session this engine started."""
+        for name in self._names:
+            with contextlib.suppress(Exception):
+                self.session.catalog.dropTempView(name)
+        self._names.clear()
+        if self._owns_stage:
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+        if self._scratch is not None and "://" in self.stage_dir:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._owns_session:
+            self.session.stop()
+            self._owns_session = False
+
+    def __enter__(self) -> SparkEngine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _readable_in_place(self, data: pa.Table | pads.Dataset) -> list[str] | None:
+        if not isinstance(data, pads.FileSystemDataset) or not data.files:
+            return None
+        if not isinstance(data.format, pads.ParquetFileFormat):
+            return None
+        if isinstance(data.filesystem, pafs.LocalFileSystem):
+            # Executors on other machines cannot see the driver's disk.
+            return [str(Path(f).resolve()) for f in data.files] if self.local else None
+        return None
+
+    def _stage(self, name: str, data: pa.Table | pads.Dataset) -> str:
+        # Spark skips paths starting with "_" or "." (it takes them for metadata): never stage there.
+        target = f"{self._fs_root}/t-{name.lstrip('_.')}-{uuid.uuid4().hex[:12]}"
+        pads.write_dataset(
+            data,
+            target,
+            format="parquet",
+            filesystem=self._fs,
+            max_rows_per_file=2_000_000,
+            max_rows_per_group=250_000,
+            existing_data_behavior="error",
+        )
+        if "://" in self.stage_dir:
+            scheme = self.stage_dir.split("://", 1)[0]
+            return f"{scheme}://{target}" if not target.startswith(f"{scheme}://") else target
+        return target
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast Spark's result to the Arrow types Ibis promises (as the embedded engine returns them)."""
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        if column.type == _UNSIGNED_AS and pa.types.is_decimal(field.type):
+            # A uint64 input that Spark widened: give it back its own type.
+            column = column.cast(pa.uint64())
+        elif column.type != field.type:
+            # Naive UTC microseconds → tz-aware; a cast that would lose data raises.
+            column = column.cast(field.type)
+        columns.append(column)
+    return pa.table(columns, names=schema.names)
+
+
+@contextlib.contextmanager
+def spark_engine(**kwargs: Any) -> Iterator[SparkEngine]:
+    """A :class:`SparkEngine` closed on exit (the local session stopped, staged inputs removed)."""
+    engine = SparkEngine(**kwargs)
+    try:
+        yield engine
+    finally:
+        engine.close()

@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--capability-model", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--breakdown", action="store_true", help="also time signals and the online path serially")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also time the online path without taint propagation, in the same process")  # fmt: skip
     args = parser.parse_args()
     logdir = args.logdir
     if logdir is None:
@@ -64,6 +66,21 @@ def main() -> None:
         n = table.num_rows
         result.update({"signals_s": round(t_signals, 2), "signals_per_s": round(n / t_signals) if t_signals else None,
                        "online_s": round(t_online, 2), "online_per_s": round(n / t_online) if t_online else None})  # fmt: skip
+        content = BatchContentSignals(config, intel=log.ip_intel, capability_model=settings.capability_model)
+    if args.baseline:
+        # The same rows and signals through the online path with and without propagation: on a
+        # shared machine the ratio says more than either absolute figure.
+        plain = {**config, "enforce": {**config["enforce"], "online": {**config["enforce"]["online"], "propagation": {
+            **config["enforce"]["online"]["propagation"],
+            "links": {k: {**v, "weight": 0.0} for k, v in config["enforce"]["online"]["propagation"]["links"].items()},
+        }}}}  # fmt: skip
+        batches = [(state_rows(b), content.compute(b)) for b in sorted_batches(table, settings.replay_batch_rows)]
+        for name, cfg in (("online_per_s_no_propagation", plain), ("online_per_s", config)):
+            e = Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=log.ip_intel)
+            t = time.perf_counter()
+            for rows, signals in batches:
+                e.process(rows, [metas.get(r["account_id"]) for r in rows], signals, limits=False, changes_only=True)
+            result[name] = round(table.num_rows / (time.perf_counter() - t))
         content = BatchContentSignals(config, intel=log.ip_intel, capability_model=settings.capability_model)
     enforcer = Enforcer(config, campaigns=CampaignWatcher(None, 0.3), settings=settings, intel=log.ip_intel)
     out = Path(tempfile.mkdtemp())

@@ -35,8 +35,15 @@ from distillguard.core.schema import EXCHANGE_SCHEMA
 from distillguard.core.verdict import Action
 from distillguard.enforce.campaigns import CampaignWatcher, KnownCampaigns
 from distillguard.enforce.limiter import Limiter, LimitHit
-from distillguard.enforce.settings import BEHAVIOUR_FEATURES, SHARING_KINDS, EnforceSettings
+from distillguard.enforce.peer_indicators import PeerIndicatorMatcher
+from distillguard.enforce.settings import (
+    BEHAVIOUR_FEATURES,
+    PROPAGATION_KINDS,
+    SHARING_KINDS,
+    EnforceSettings,
+)
 from distillguard.enforce.state import (
+    COUNT_ONLY,
     AccountView,
     MemoryState,
     Observation,
@@ -155,13 +162,22 @@ _SPECS: tuple[SignalSpec, ...] = (
     *(SignalSpec(f"online.shared_{k}", f"online.shared_{k}@{ONLINE_VERSION}", False, k == "payment") for k in SHARING_KINDS),
     SignalSpec("online.known_campaign_member", f"online.known_campaign@{ONLINE_VERSION}", False, True),
     SignalSpec("online.known_campaign_link", f"online.known_campaign@{ONLINE_VERSION}", False, True),
+    # A card a contained account paid with is cluster evidence; an address or template it used is not.
+    *(SignalSpec(f"online.flagged_{k}", f"online.propagation@{ONLINE_VERSION}", False, k == "payment") for k in PROPAGATION_KINDS),
+    SignalSpec("online.peer_indicator", f"online.peer_indicator@{ONLINE_VERSION}", False, False),  # share/: never cluster
 )
 FEATURES: tuple[str, ...] = (
     *BEHAVIOUR_FEATURES,
     *(f"shared_{k}" for k in SHARING_KINDS),
     "known_member",
     "known_link",
+    *(f"flagged_{k}" for k in PROPAGATION_KINDS),
+    "peer_indicator",  # last: its contribution (log-odds) is computed by enforce.peer_indicators
 )
+_NO_CONTRIB: list[float] = []
+
+#: Sketch-group prefix of each propagation kind (members: the contained accounts on the key).
+_TAINT_PREFIX = {"payment": "flg:pay:", "ip": "flg:ipa:", "template": "flg:tpl:"}
 
 
 def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
@@ -181,6 +197,17 @@ def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
             weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = sh.weight, sh.k0, sh.cap, sh.max_k
     kind[off + len(SHARING_KINDS)] = 2
     kind[off + len(SHARING_KINDS) + 1] = 3
+    off += len(SHARING_KINDS) + 2
+    for j, k in enumerate(PROPAGATION_KINDS):
+        pr = settings.propagation.get(k)
+        kind[off + j] = 1
+        if pr is not None and k == "ip":
+            # The share of the address's accounts (today) that are contained, graded from x0.
+            kind[off + j] = 0
+            weight[off + j], offset[off + j], scale[off + j] = pr.weight, pr.x0, pr.x1 - pr.x0
+        elif pr is not None:
+            weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = pr.weight, pr.k0, pr.cap, pr.max_k
+    kind[-1] = 2  # peer_indicator: pass-through
     return kind, weight, offset, scale, max_k
 
 
@@ -201,10 +228,13 @@ def score_rows(values: np.ndarray, settings: EnforceSettings, coef: tuple[np.nda
 
 #: Sketch-group prefix -> index of its sharing kind in SHARING_KINDS (0: not a sharing group).
 _GROUP_SLOT = {"pfx:": SHARING_KINDS.index("prefix"), "tpl:": SHARING_KINDS.index("template"),
-               "uag:": SHARING_KINDS.index("user_agent")}  # fmt: skip
+               "uag:": SHARING_KINDS.index("user_agent"), "sip:": SHARING_KINDS.index("ip")}  # fmt: skip
 
 
 _N_BEHAVIOUR = len(BEHAVIOUR_FEATURES)
+#: ``group[4:8]`` of a taint sketch -> index in PROPAGATION_KINDS.
+_TAINT_SLOT = {p[4:]: PROPAGATION_KINDS.index(k) for k, p in _TAINT_PREFIX.items()}
+_TAINT_IP = PROPAGATION_KINDS.index("ip")
 
 
 def _ratio(num: float, den: float) -> float:
@@ -266,14 +296,21 @@ class Enforcer:
         self.content = content
         self.campaigns = campaigns or CampaignWatcher(s.campaigns_dir, s.min_key_weight, s.campaigns_reload_seconds)
         self.metrics = Metrics()
+        self.peer = PeerIndicatorMatcher.from_config(config)  # None unless share.indicators.store is set
         self._down_until = 0.0
         self._lock = threading.Lock()
         self.lpm = ScalarNetwork(intel)
         self._coef = coefficients(self.settings)
         self._coef_lists = tuple(a.tolist() for a in self._coef)
-        # The scalar path divides by each scale; a zero scale (x0 = 1) keeps numpy's semantics.
-        self._scalar_ok = all(v != 0 for v in self._coef_lists[3])
-        self._memo: dict[tuple[float | None, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._memo: dict[tuple[float, ...], tuple[int, float, list[float]]] = {}
+        self._non_volume = [j for j, spec in enumerate(_SPECS) if not spec.volume]
+        # Propagated links that do not make an account a source of taint itself (see _spread).
+        self._link_slots = [FEATURES.index(f"flagged_{k}") for k in ("ip", "template")]
+        self._cluster = [j for j, spec in enumerate(_SPECS) if spec.cluster and not spec.volume]
+        # Propagation kinds with a weight: only those keep taint sketches.
+        self._taint = {k: _TAINT_PREFIX[k] for k, pr in s.propagation.items() if pr.weight != 0.0}
+        icfg = s.sharing.get("ip")
+        self._ip_ms = max(icfg.window_minutes, 1.0) * 60_000 if icfg is not None and icfg.weight != 0.0 else 0.0
         # A sharing kind with weight 0 can never contribute or be a reason: its sketch is not kept.
         ucfg = s.sharing.get("user_agent")
         self._track_ua = ucfg is not None and ucfg.weight != 0.0
@@ -324,8 +361,12 @@ class Enforcer:
 
     def _observation(
         self, row: Mapping[str, Any], meta: AccountMeta | None, sig: Mapping[str, Any] | None, ts_ms: int
-    ) -> tuple[str, dict[str, float], list[tuple[str, str]], dict[str, str | None]]:
-        """``(account, counter increments, sketch memberships, link keys)`` of one exchange."""
+    ) -> tuple[str, dict[str, float], list[tuple[str, str]], dict[str, str | None], list[str]]:
+        """``(account, counter increments, sketch memberships, link keys, taint groups)`` of one exchange.
+
+        The taint groups are the propagation sketches this exchange's keys feed once its account
+        is contained; the memberships read their counts (``COUNT_ONLY``) for the score.
+        """
         s = self.settings
         account = str(row["account_id"])
         counters: dict[str, float] = {"n": 1.0, "in_tok": float(row.get("input_tokens") or 0)}
@@ -337,12 +378,22 @@ class Enforcer:
         if ip:
             distinct.append((f"ip:{account}", str(ip)))
         keys: dict[str, str | None] = {"ip": str(ip) if ip else None}
+        taint: list[str] = []
+        prop = self._taint
         if sig is not None:
             kind = sig.get("network_kind")
             prefix = sig.get("ip_prefix")
             keys["prefix"] = prefix
-            if prefix and self._prefix_ms and kind not in s.explained_kinds:
+            explained = kind in s.explained_kinds
+            if prefix and self._prefix_ms and not explained:
                 distinct.append((f"pfx:{prefix}|{int(ts_ms // self._prefix_ms)}", account))
+            if ip and not explained:
+                if self._ip_ms:
+                    sip = f"sip:{ip}|{int(ts_ms // self._ip_ms)}"
+                    keys["sip"] = sip
+                    distinct.append((sip, account))
+                if "ip" in prop:
+                    taint.append(prop["ip"] + str(ip))
             reasoning = sig.get("reasoning")
             grader = sig.get("grader")
             if reasoning is not None or grader is not None:
@@ -352,11 +403,15 @@ class Enforcer:
             cap = sig.get("capability")
             if cap:
                 counters[f"cap:{cap}"] = 1.0
+                if cap in s.target_capabilities:
+                    counters["cap_target"] = 1.0
             tid = sig.get("template_id")
             if tid is not None:
                 counters[f"tpl:{tid}"] = 1.0
                 keys["template"] = str(tid)
                 distinct.append((f"tpl:{tid}", account))
+                if "template" in prop:
+                    taint.append(prop["template"] + str(tid))
         ua = row.get("user_agent")
         if ua:
             keys["user_agent"] = str(ua)
@@ -366,7 +421,10 @@ class Enforcer:
             keys["payment"] = meta.payment_fingerprint
             distinct.append((f"pay:{meta.payment_fingerprint}", account))
             distinct.append((f"paydom:{meta.payment_fingerprint}", meta.email_domain or f"?{account}"))
-        return account, counters, distinct, keys
+            if "payment" in prop:
+                taint.append(prop["payment"] + meta.payment_fingerprint)
+        distinct.extend((g, COUNT_ONLY) for g in taint)
+        return account, counters, distinct, keys, taint
 
     def _features(
         self, view: AccountView, counts: Mapping[str, int], keys: Mapping[str, str | None], known: KnownCampaigns
@@ -379,11 +437,13 @@ class Enforcer:
         warm = n >= warmup
         nan = math.nan
         vals = [nan] * len(FEATURES)
+        evidence: dict[str, Any] = {}
         if warm and cn >= warmup:
             vals[0] = _ratio(c.get("reasoning_sum", 0.0), cn)
             vals[1] = _ratio(c.get("grader_sum", 0.0), cn)
             vals[2] = _ratio(c.get("cap_top", 0.0), cn)
             vals[3] = _ratio(c.get("tpl_top", 0.0), cn)
+            vals[5] = _ratio(c.get("cap_target", 0.0), cn)
         acct = view.account_id
         if warm:
             vals[4] = _ratio(float(counts.get(f"ip:{acct}", 0)), n)
@@ -392,14 +452,26 @@ class Enforcer:
         if pay:
             domains = counts.get(f"paydom:{pay}", 0)
             vals[off] = float(counts.get(f"pay:{pay}", 0)) if domains >= 2 else 0.0
+        taint_at = off + len(SHARING_KINDS) + 2
+        # An account already contained is itself in the taint sets of the keys it uses: its own
+        # taint must not count as someone else's (and it needs no propagated evidence).
+        uncontained = view.action_rank < self.settings.propagation_rank
         for group, count in counts.items():
             j = _GROUP_SLOT.get(group[:4], 0)
             if j:
                 prev = vals[off + j]
                 vals[off + j] = float(count) if prev != prev or count > prev else prev  # prev != prev: NaN
+            elif group[:4] == "flg:" and count and uncontained:
+                t = _TAINT_SLOT[group[4:8]]
+                if t == _TAINT_IP:
+                    # A cloud NAT with one attacker among ten customers is not a proxy pool.
+                    on_key = counts.get(keys.get("sip") or "", 0)
+                    vals[taint_at + t] = count / max(on_key, count)
+                else:
+                    vals[taint_at + t] = float(count)
+                evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {"key": group[group.index(":", 4) + 1 :], "contained_accounts": count}
         off += len(SHARING_KINDS)
         cluster_id = view.cluster_id
-        evidence: dict[str, Any] = {}
         if known.members or known.indicators:
             member = known.members.get(acct)
             if member is not None:
@@ -419,48 +491,13 @@ class Enforcer:
 
     # -- scoring and decisions -------------------------------------------------------------
 
-    def _decide(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if values.shape[0] == 1 and self._scalar_ok:
-            return self._decide_one(values)
-        contrib = score_rows(values, self.settings, self._coef)
-        return self._policy(values, contrib)
+    def decide_matrix(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reference scoring of many rows with numpy and the policy's own ``decide``: (ranks, scores, contributions).
 
-    def _decide_one(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_decide` for one row (a service check): same arithmetic, without ~15 numpy calls.
-
-        Contributions are the same IEEE operations as :func:`score_rows` done on Python floats;
-        the answer is memoised per feature vector (contributions, score and the policy's action are
-        pure functions of it), so the policy code still decides every distinct case.
+        The decision loop uses :meth:`_score_one` (the same arithmetic and rules on Python floats);
+        a test holds the two to agreement.
         """
-        row = values[0].tolist()
-        # The policy may read values as well as contributions; NaN (abstain) as None so keys compare.
-        key = tuple(None if x != x else x for x in row)
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
-        kind, weight, offset, scale, max_k = self._coef_lists
-        member_weight = self.settings.member_weight
-        contrib: list[float] = []
-        for j, x in enumerate(row):
-            if x != x:  # NaN: abstain
-                x = 0.0
-            k = kind[j]
-            if k == 2:
-                contrib.append(x)
-            elif k == 3:
-                contrib.append(min(x, member_weight))
-            elif x > max_k[j]:
-                contrib.append(0.0)
-            else:
-                g = (x - offset[j]) / scale[j]
-                contrib.append(weight[j] * (0.0 if g < 0.0 else 1.0 if g > 1.0 else g))
-        out = self._policy(values, np.array([contrib], dtype=np.float64))
-        if len(self._memo) >= 65536:
-            self._memo.clear()  # bounded; refilled from the common cases within a few checks
-        self._memo[key] = out
-        return out
-
-    def _policy(self, values: np.ndarray, contrib: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        contrib = score_rows(values, self.settings, self._coef)
         logit = self.bias + contrib.sum(axis=1)
         score = 1.0 / (1.0 + np.exp(-logit))
         scored = Scored(
@@ -472,11 +509,74 @@ class Enforcer:
             references=(),
             baseline=RobustBaseline([]),
         )
-        ranks = self.policy.decide(scored)
-        return ranks, score, contrib
+        return self.policy.decide(scored), score, contrib
 
-    def _reasons(self, values: np.ndarray, contrib: np.ndarray, evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
-        order = np.argsort(-contrib, kind="stable")
+    def _score_one(self, row: list[float]) -> tuple[int, float, list[float]]:
+        """One exchange's (action rank, score, contributions), memoised per feature vector.
+
+        Decisions are taken row by row because a contained account's taint reaches the next
+        request at once (:data:`_TAINT_PREFIX`); numpy's per-call overhead would dominate one row.
+        The rules are the policy's (``Policy.decide``), checked against it in the tests; with
+        ``min_evidence_kinds`` > 0 the policy object itself decides.
+        """
+        # Abstentions are the math.nan singleton, and tuples compare items by identity first, so
+        # equal vectors hit; a NaN of another origin only misses the memo, never changes an answer.
+        key = tuple(row)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        kind, weight, offset, scale, max_k = self._coef_lists
+        member_weight = self.settings.member_weight
+        contrib: list[float] = []
+        for j, x in enumerate(row):
+            if x != x:
+                x = 0.0
+            k = kind[j]
+            if k == 2:
+                contrib.append(x)
+            elif k == 3:
+                contrib.append(min(x, member_weight))
+            elif x > max_k[j]:
+                contrib.append(0.0)
+            else:
+                g = (x - offset[j]) / scale[j]
+                contrib.append(weight[j] * (0.0 if g < 0.0 else 1.0 if g > 1.0 else g))
+        logit = self.bias
+        for c in contrib:
+            logit += c
+        score = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
+        if self.policy.min_evidence_kinds > 0:
+            ranks, _, _ = self.decide_matrix(np.array([row], dtype=np.float64))
+            rank = int(ranks[0])
+        else:
+            rank = self._rules(score, contrib)
+        out = (rank, score, contrib)
+        if len(self._memo) >= 65536:
+            self._memo.clear()  # bounded; refilled from the common cases within a few checks
+        self._memo[key] = out
+        return out
+
+    def _rules(self, score: float, contrib: list[float]) -> int:
+        """``Policy.decide`` for one row without evidence-kinds counting (online uses 0)."""
+        p = self.policy
+        rank = 0
+        for action in (Action.MONITOR, Action.THROTTLE, Action.CHALLENGE, Action.SUSPEND):
+            if score >= p.thresholds[action]:
+                rank = action.rank
+        floor = p.min_reason_contribution
+        non_volume = any(contrib[j] >= floor for j in self._non_volume)
+        if p.flag_requires_non_volume_reason and not non_volume and rank > Action.MONITOR.rank:
+            rank = Action.MONITOR.rank
+        cluster_total = 0.0
+        for j in self._cluster:
+            cluster_total += contrib[j]
+        ok = non_volume and (not p.suspend_requires_cluster or cluster_total >= p.min_cluster_contribution)
+        if not ok and rank > Action.CHALLENGE.rank:
+            rank = Action.CHALLENGE.rank
+        return rank
+
+    def _reasons(self, values: list[float], contrib: list[float], evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
+        order = sorted(range(len(contrib)), key=lambda j: -contrib[j])
         out = []
         for j in order[: self.max_reasons]:
             if contrib[j] < self.min_reason:
@@ -490,6 +590,13 @@ class Enforcer:
             elif name.startswith("shared_"):
                 sh = self.settings.sharing[name.removeprefix("shared_")]
                 detail["reference"] = {"k0": sh.k0, "max_k": sh.max_k, "unit": "distinct accounts on the key"}
+            elif name.startswith("flagged_"):
+                pr = self.settings.propagation[name.removeprefix("flagged_")]
+                detail["reference"] = (
+                    {"x0": pr.x0, "x1": pr.x1, "unit": "share of the address's accounts today that are contained"}
+                    if name == "flagged_ip"
+                    else {"k0": pr.k0, "unit": "contained accounts on the key"}
+                )
             extra = evidence.get(name)
             if extra:
                 detail.update(extra)
@@ -506,6 +613,8 @@ class Enforcer:
     ) -> list[Decision]:
         """Decide a batch of exchanges (contract fields as dicts, in arrival order).
 
+        Each exchange is folded in, scored and decided before the next, exactly as a service
+        check would be, so the decisions do not depend on how the rows are batched.
         ``changes_only``: return only the decisions that changed an account's action (replay
         writes nothing else; building ~50,000 unused decisions per batch is measurable).
         """
@@ -519,73 +628,62 @@ class Enforcer:
             )
         sig_rows = signals.to_dicts() if isinstance(signals, pl.DataFrame) else signals
         known = self.campaigns.maybe_reload()
-        n = len(rows)
-        values: list[list[float]] = []
-        clusters: list[str | None] = []
-        evidences: list[dict[str, Any]] = []
-        # The stored action, cluster and reasons as they were when the row was folded in
-        # (a later row's action change in the same batch must not leak back).
-        before_state: list[tuple[str, int, str | None, list[dict[str, Any]]]] = []
-        degraded: list[bool] = []
-        ts_list: list[int] = []
-        observation, observe, features = self._observation, self._observe, self._features
+        observation, observe, features, score_one = self._observation, self._observe, self._features, self._score_one
+        sticky = self.settings.sticky_actions
+        taint_rank = self.settings.propagation_rank
+        use_limits = limits and self.limiter is not None
+        final = [0] * len(ACTIONS_BY_RANK)
+        top = len(ACTIONS_BY_RANK) - 1
+        fast = changes_only and not use_limits and sticky
+        n_degraded = 0
+        out: list[Decision] = []
         with self._lock:
             for i, row in enumerate(rows):
                 ts = row.get("ts")
                 ts_ms = ts if type(ts) is int else _ts_ms(ts)
-                account, counters, distinct, keys = observation(
+                account, counters, distinct, keys, taint = observation(
                     row, metas[i] if metas is not None else None, sig_rows[i] if sig_rows is not None else None, ts_ms
                 )
                 view, counts, deg = observe(account, ts_ms, counters, distinct)
+                n_degraded += deg
+                # Read before _set_action: on the memory backend the view is the stored object.
+                before, stored_cluster, stored_reasons = view.action_rank, view.cluster_id, view.reasons
                 vals, cluster_id, evidence = features(view, counts, keys, known)
-                values.append(vals)
-                clusters.append(cluster_id)
-                evidences.append(evidence)
-                before_state.append((view.account_id, view.action_rank, view.cluster_id, view.reasons))
-                degraded.append(deg)
-                ts_list.append(ts_ms)
-            matrix = np.array(values, dtype=np.float64).reshape(n, len(FEATURES))
-            ranks, score, contrib = self._decide(matrix)
-            rank_list: list[int] = ranks.tolist()
-            out: list[Decision] = []
-            current: dict[str, int] = {}
-            sticky = self.settings.sticky_actions
-            use_limits = limits and self.limiter is not None
-            final = [0] * len(ACTIONS_BY_RANK)
-            for i in range(n):
-                account, stored_rank, stored_cluster, stored_reasons = before_state[i]
-                before = current.get(account, stored_rank)
-                rank = rank_list[i]
+                if self.peer is not None:
+                    vals[-1] = self.peer.contribution(account, keys, ts_ms, view.counters.get("n", 1.0), evidence)
+                if before == top and fast:
+                    # Already at the top action: no score can change it, and replay needs no answer.
+                    rank, score, contrib = before, 1.0, _NO_CONTRIB
+                else:
+                    rank, score, contrib = score_one(vals)
                 if sticky and before > rank:
                     rank = before
                 changed = rank != before
-                cluster_id = clusters[i]
                 if changed:
-                    reasons = self._reasons(matrix[i], contrib[i], evidences[i])
+                    reasons = self._reasons(vals, contrib, evidence)
                     if not reasons and rank > 0:  # the contract forbids an unexplained action
                         rank, changed = before, False
                         reasons = list(stored_reasons)
                     else:
-                        self._set_action(account, rank, cluster_id, reasons, degraded[i])
-                elif changes_only and not use_limits:
-                    current[account] = rank
-                    final[rank] += 1
-                    continue
-                else:
-                    reasons = list(stored_reasons) if rank == stored_rank else []
-                    cluster_id = cluster_id or stored_cluster
-                current[account] = rank
+                        self._set_action(account, rank, cluster_id, reasons, deg)
+                if taint and rank >= taint_rank:
+                    self._spread(account, ts_ms, view, vals, changed, taint)
                 final[rank] += 1
+                if not changed and changes_only and not use_limits:
+                    continue
+                if not changed:
+                    reasons = list(stored_reasons) if rank == before else []
+                    cluster_id = cluster_id or stored_cluster
                 action = ACTIONS_BY_RANK[rank]
                 hit: LimitHit | None = None
                 if use_limits and action.is_served:
-                    hit = self._limit(action, account, cluster_id, rows[i].get("api_key_id"), degraded[i])
+                    hit = self._limit(action, account, cluster_id, row.get("api_key_id"), deg)
                 if hit is not None:
                     self.metrics.limited[hit.scope] = self.metrics.limited.get(hit.scope, 0) + 1
                 if changed or not changes_only:
                     out.append(
                         Decision(
-                            str(rows[i].get("request_id") or ""), account, ts_list[i], action, float(score[i]),
+                            str(row.get("request_id") or ""), account, ts_ms, action, score,
                             cluster_id, tuple(reasons), hit.retry_after if hit else None,
                             hit.scope if hit else None, changed,
                         )
@@ -595,9 +693,35 @@ class Enforcer:
                 if count:
                     key = ACTIONS_BY_RANK[r].value
                     decisions[key] = decisions.get(key, 0) + count
-            self.metrics.degraded_checks += sum(degraded)
-            self.metrics.checks += n
+            self.metrics.degraded_checks += n_degraded
+            self.metrics.checks += len(rows)
         return out
+
+    def _spread(
+        self, account: str, ts_ms: int, view: AccountView, vals: list[float], changed: bool, taint: list[str]
+    ) -> None:
+        """A contained account's keys carry its taint from the next request on (any account).
+
+        Only accounts contained on evidence of their own (or by an analyst or a known campaign)
+        spread taint: one contained only because it used a tainted address does not, else a
+        false positive on a VPN exit would walk through every account behind that provider.
+        The mark is a counter (``taint_linked_only``), so it lives in either backend.
+        """
+        linked_only = view.counters.get("taint_linked_only", 0.0) > 0.0
+        inc: dict[str, float] = {}
+        if changed or linked_only:
+            own = list(vals)
+            for j in self._link_slots:
+                own[j] = math.nan
+            own_ok = self._score_one(own)[0] >= self.settings.propagation_rank
+            if changed and not own_ok:
+                inc["taint_linked_only"], linked_only = 1.0, True
+            elif linked_only and own_ok:
+                inc["taint_linked_only"], linked_only = -1.0, False
+        if not linked_only:
+            self._observe(account, ts_ms, inc, [(g, account) for g in taint])
+        elif inc:
+            self._observe(account, ts_ms, inc, ())
 
     def _set_action(self, account: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]], degraded: bool) -> None:
         self.local.set_action(account, rank, cluster_id, reasons)
@@ -629,7 +753,7 @@ class Enforcer:
         with self._lock:
             for row, meta, sig in zip(rows, metas, signals.to_dicts(), strict=True):
                 ts_ms = _ts_ms(row.get("ts"))
-                account, counters, distinct, _ = self._observation(row, meta, sig, ts_ms)
+                account, counters, distinct, _, _ = self._observation(row, meta, sig, ts_ms)
                 content = {k: v for k, v in counters.items() if k not in base}
                 tpl = [(g, m) for g, m in distinct if g.startswith("tpl:")]
                 if content or tpl:

@@ -12,13 +12,16 @@ from limits import parse
 
 from distillguard.core.errors import ConfigError
 
-SHARING_KINDS = ("payment", "prefix", "template", "user_agent")
+SHARING_KINDS = ("payment", "prefix", "template", "user_agent", "ip")
+#: Keys through which a contained account's taint reaches other accounts (``enforce.online.propagation``).
+PROPAGATION_KINDS = ("payment", "ip", "template")
 BEHAVIOUR_FEATURES = (
     "reasoning_mean",
     "grader_mean",
     "capability_top_share",
     "template_top_share",
     "ip_churn",
+    "target_share",
 )
 LINK_KINDS = ("payment", "template", "prefix", "ip", "user_agent")
 
@@ -32,6 +35,8 @@ class Sharing:
     cap: int
     max_k: int
     window_minutes: float = 0.0
+    x0: float = 0.0  # propagation.links.ip: a share, nothing up to x0 and full weight from x1
+    x1: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class EnforceSettings:
     link_weights: Mapping[str, float]
     min_key_weight: float
     replay_batch_rows: int
+    propagation: Mapping[str, Sharing]
+    propagation_rank: int
+    target_capabilities: frozenset[str]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EnforceSettings:
@@ -123,6 +131,23 @@ class EnforceSettings:
             }
             if any(s.cap < 1 for s in sharing.values()):
                 raise ConfigError("enforce.online.sharing: cap must be >= 1")
+            prop = onl["propagation"]
+            ranks = {"throttle": 2, "challenge": 3, "suspend": 4}
+            if prop["min_action"] not in ranks:
+                raise ConfigError(f"enforce.online.propagation.min_action must be one of {sorted(ranks)}")
+            unknown_p = set(prop["links"]) - set(PROPAGATION_KINDS)
+            if unknown_p:
+                raise ConfigError(f"enforce.online.propagation.links: unknown {sorted(unknown_p)}; known: {PROPAGATION_KINDS}")
+            propagation = {
+                k: Sharing(float(v["weight"]), int(v.get("k0", 0)), int(v.get("cap", 1)), int(v.get("max_k", 10**9)),
+                           x0=float(v.get("x0", 0.0)), x1=float(v.get("x1", 1.0)))
+                for k, v in prop["links"].items()
+            }
+            ip_link = propagation.get("ip", Sharing(0, 0, 1, 1))
+            if not 0.0 <= ip_link.x0 < ip_link.x1 <= 1.0:
+                raise ConfigError("enforce.online.propagation.links.ip needs 0 <= x0 < x1 <= 1")
+            if any(s.cap < 1 for s in propagation.values()):
+                raise ConfigError("enforce.online.propagation.links: cap must be >= 1")
             api_key = os.environ.get("DISTILLGUARD_API_KEY") or svc["api_key"]
             cdir = kc["results_dir"]
             return cls(
@@ -157,6 +182,9 @@ class EnforceSettings:
                 link_weights={str(k): float(v) for k, v in kc["link_weights"].items()},
                 min_key_weight=float(kc["min_key_weight"]),
                 replay_batch_rows=int(e["replay"]["batch_rows"]),
+                propagation=propagation,
+                propagation_rank=ranks[str(prop["min_action"])],
+                target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),
             )
         except KeyError as exc:
             raise ConfigError(f"enforce configuration is missing key {exc.args[0]!r}") from exc

@@ -2,7 +2,8 @@
 
 Both backends offer one operation, :meth:`StateBackend.observe`: apply an exchange's counter
 increments to its account, add ``(group, member)`` pairs to distinct-count sketches, and return
-the account's state after the update together with the sketches' estimates. Everything one
+the account's state after the update together with the sketches' estimates. A pair with the
+empty member (:data:`COUNT_ONLY`) reads the sketch's estimate without adding to it. Everything one
 exchange changes is applied in one step (a Lua script on Redis: one round trip, atomic), so
 several service processes sharing a Redis see one consistent state.
 
@@ -40,6 +41,9 @@ EXACT_LIMIT = 64
 #: Additions between two HyperLogLog estimates of one sketch (the estimate is cached between).
 REESTIMATE_EVERY = 16
 
+#: The member of a ``(group, member)`` pair that only reads the group's count.
+COUNT_ONLY = ""
+
 #: Counter fields whose running maximum over a family is kept (``cap:*`` -> ``cap_top``).
 TOP_FAMILIES = {"cap:": "cap_top", "tpl:": "tpl_top"}
 
@@ -61,7 +65,7 @@ class Observation:
     distinct: Sequence[tuple[str, str]] = ()
 
 
-@dataclass
+@dataclass(slots=True)  # one per account held: no per-instance __dict__
 class AccountView:
     """An account's online state after an update (or as stored)."""
 
@@ -124,7 +128,9 @@ class _Sketch:
     __slots__ = ("dirty", "estimate", "exact", "hll", "p", "stale")
 
     def __init__(self, p: int) -> None:
-        self.exact: set[str] | None = set()
+        # A lone member is kept as the string itself ("" = none yet): most keys (an account's
+        # address, a flood of new ids) never see a second member, and a set costs ~200 bytes.
+        self.exact: set[str] | str | None = ""
         self.hll: HyperLogLog | None = None
         self.p = p
         self.estimate = 0
@@ -133,7 +139,14 @@ class _Sketch:
 
     def add(self, member: str) -> int:
         exact = self.exact
+        if type(exact) is str:
+            if not exact or exact == member:
+                self.exact = member
+                return 1
+            self.exact = {exact, member}
+            return 2
         if exact is not None:
+            assert isinstance(exact, set)
             exact.add(member)
             if len(exact) < EXACT_LIMIT:
                 return len(exact)
@@ -155,6 +168,13 @@ class _Sketch:
                 self.dirty = False
             self.stale = 0
         return self.estimate
+
+    def count(self) -> int:
+        """Current estimate without adding anything."""
+        exact = self.exact
+        if type(exact) is str:
+            return 1 if exact else 0
+        return len(exact) if exact is not None else self.estimate
 
     def _set(self, member: str) -> None:
         idx, rank = _hll_slot(member, self.p)
@@ -245,6 +265,9 @@ class MemoryState:
         sketches = self._sketches
         for group, member in distinct:
             sketch = sketches.get(group)
+            if member == COUNT_ONLY:
+                counts[group] = 0 if sketch is None else sketch.count()
+                continue
             if sketch is None:
                 sketch = _Sketch(self.p)
                 sketches[group] = sketch
@@ -323,8 +346,11 @@ redis.call("EXPIRE", acct, ttl)
 local counts = {}
 local base = 5 + 2 * n_incs
 for k = 2, #KEYS do
-  redis.call("PFADD", KEYS[k], ARGV[base + k - 2])
-  redis.call("EXPIRE", KEYS[k], ttl)
+  local member = ARGV[base + k - 2]
+  if member ~= "" then
+    redis.call("PFADD", KEYS[k], member)
+    redis.call("EXPIRE", KEYS[k], ttl)
+  end
   counts[#counts + 1] = redis.call("PFCOUNT", KEYS[k])
 end
 return {redis.call("HGETALL", acct), counts}

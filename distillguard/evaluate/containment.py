@@ -29,6 +29,9 @@ ExchangeSource: TypeAlias = pa.Table | pads.Dataset
 #: Share of a campaign's accounts that must be flagged for ``seconds_to_95pct_flagged``.
 FLAGGED_QUANTILE_PERCENT = 95
 
+#: Horizon of ``share_flagged_within_horizon``: an account counts when flagged this soon after its own first exchange.
+FLAG_HORIZON_MS = 24 * 3600 * 1000
+
 
 def _sql_list(values: frozenset[str]) -> str:
     return ", ".join(f"'{v}'" for v in sorted(values))
@@ -103,6 +106,10 @@ class ReplayCampaign:
     exchanges_before_first_flag: int | None
     accounts_flagged: int
     seconds_to_95pct_flagged: float | None
+    # Accounts flagged within FLAG_HORIZON_MS of their *own* first exchange, over accounts that
+    # sent any: campaigns recruit accounts over days, and one that first appears 30 hours in
+    # cannot be flagged within 24 hours of the campaign's start.
+    share_flagged_within_horizon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,8 +211,12 @@ def replay_metrics(
         per_account = _frame(
             con,
             """
-            SELECT l.label, l.grp, l.account_id, f.first_flag_ms, coalesce(f.suspended, false) AS suspended
-            FROM labels l LEFT JOIN account_flags f USING (account_id)
+            WITH firsts AS (
+              SELECT account_id, epoch_ms(min(ts)) AS first_ms FROM exchanges GROUP BY account_id
+            )
+            SELECT l.label, l.grp, l.account_id, f.first_flag_ms, coalesce(f.suspended, false) AS suspended,
+                   x.first_ms
+            FROM labels l LEFT JOIN account_flags f USING (account_id) LEFT JOIN firsts x USING (account_id)
             """,
         )
     finally:
@@ -222,6 +233,8 @@ def _assemble(
         pl.col("suspended").sum().alias("suspended"),
         pl.col("first_flag_ms").min().alias("first_flag_ms"),
         pl.col("first_flag_ms").drop_nulls().sort().alias("flag_times"),
+        pl.col("first_ms").is_not_null().sum().alias("active"),
+        (pl.col("first_flag_ms") <= pl.col("first_ms") + FLAG_HORIZON_MS).sum().alias("in_horizon"),
     )
     table = accounts.join(per_group, on=["label", "grp"], how="left").with_columns(
         pl.col("exchanges").fill_null(0),
@@ -256,6 +269,7 @@ def _assemble(
                     if 0 < needed <= len(times)
                     else None
                 ),
+                share_flagged_within_horizon=ratio(int(r["in_horizon"]), int(r["active"])),
             )
         else:
             not_served = n_exchanges - n_served

@@ -70,7 +70,8 @@ def test_family_overflow_feeds_no_maximum_like_redis() -> None:
     assert view.counters["tpl_top"] == 1.0
 
 
-def test_single_row_scoring_is_bit_identical_to_the_batch() -> None:
+def test_row_by_row_scoring_agrees_with_the_policy_on_the_matrix() -> None:
+    """The decision loop's scalar score and rules give the numpy scorer's and ``Policy.decide``'s answers."""
     from distillguard.core.config import load_config
 
     enforcer = build_enforcer(load_config(), with_limits=False)
@@ -78,12 +79,15 @@ def test_single_row_scoring_is_bit_identical_to_the_batch() -> None:
     grid = [np.nan, 0.0, 0.3, 0.55, 0.7, 0.9, 1.0, 2, 3, 4, 5, 8, 12, 70, 400]
     values = rng.choice(grid, size=(3000, len(FEATURES)))
     values[:, :5] = np.where(rng.random((3000, 5)) < 0.5, rng.random((3000, 5)), values[:, :5])
-    ranks, scores, contrib = enforcer._decide(values)
-    assert len(set(ranks.tolist())) >= 3  # the grid reaches several actions
+    values = np.where(rng.random(values.shape) < 0.75, np.nan, values)  # sparse, so every action is reached
+    ranks, scores, contrib = enforcer.decide_matrix(values)
+    assert len(set(ranks.tolist())) >= 4  # the grid reaches several actions, suspend included
     for i in range(len(values)):
         for _ in range(2):  # the second time from the memo
-            r, s, c = enforcer._decide(values[i : i + 1])
-            assert (r[0], s[0]) == (ranks[i], scores[i]) and np.array_equal(c[0], contrib[i])
+            r, s, c = enforcer._score_one(values[i].tolist())
+            assert np.allclose(c, contrib[i], rtol=0, atol=1e-12) and abs(s - scores[i]) < 1e-12
+            near = any(abs(s - t) < 1e-9 for t in enforcer.policy.thresholds.values())
+            assert near or r == ranks[i]
 
 
 def test_service_path_and_replay_batches_write_the_same_changes(config: dict[str, Any]) -> None:

@@ -89,7 +89,9 @@ def test_fail_mode_when_redis_stops_mid_run(redis_server: RedisServer, config: d
 
 
 def test_restart_keeps_actions_and_limits(redis_server: RedisServer, config: dict[str, Any]) -> None:
+    # "hot" shares the contained accounts' address, so it may be at monitor: limit both.
     config["enforce"]["limits"]["account"]["allow"] = "2/minute"
+    config["enforce"]["limits"]["account"]["monitor"] = "2/minute"
     first = build_enforcer(config, backend="redis", redis_url=redis_server.url)
     rows = [{"request_id": f"r{i}", "account_id": f"n{i}", "client_ip": "198.51.100.9", "model": "m",
              "ts": 1_750_000_000_000 + i} for i in range(6)]  # fmt: skip

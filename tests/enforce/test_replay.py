@@ -146,3 +146,32 @@ def test_replay_cli_path_on_a_log_directory(config: dict[str, Any], tmp_path: Pa
                                  "email_domain": m.email_domain}) + "\n")  # fmt: skip
     summary = replay(log, tmp_path / "out", config, progress=False)
     assert summary.exchanges == len(rows) and summary.decisions == len(_lines(summary.path)) > 0
+
+
+def test_containment_counts_accounts_flagged_within_a_day_of_their_own_first_exchange() -> None:
+    """A campaign that recruits an account 30 hours in: flagged 1 hour after *its* start counts."""
+    from datetime import UTC, datetime, timedelta
+
+    from distillguard.evaluate.containment import replay_metrics
+    from distillguard.evaluate.metrics import normalize_labels
+
+    t0 = datetime(2026, 6, 1, tzinfo=UTC)
+    starts = {"a1": 0, "a2": 1, "late": 30, "never": 2, "slow": 3}  # hours after t0
+    ts, acc = [], []
+    for a, h in starts.items():
+        for k in range(4):
+            ts.append(t0 + timedelta(hours=h, minutes=10 * k))
+            acc.append(a)
+    exchanges = pa.table({"account_id": acc, "ts": pa.array(ts, pa.timestamp("ms", "UTC"))})
+    labels = normalize_labels(pl.DataFrame({"account_id": list(starts), "label": ["attack"] * 5,
+                                            "campaign": ["c"] * 5, "persona": ["p"] * 5}))  # fmt: skip
+    flags = {"a1": 0.5, "a2": 1.5, "late": 31, "slow": 3 + 25}  # "slow": 25 h after its own start
+    decisions = pl.DataFrame({
+        "seq": list(range(len(flags))), "ts": [t0 + timedelta(hours=h) for h in flags.values()],
+        "account_id": list(flags), "action": ["challenge"] * len(flags),
+    })  # fmt: skip
+    c = replay_metrics(exchanges, labels, decisions).campaigns["c"]
+    assert c.share_flagged_within_horizon == 3 / 5  # a1, a2, late; not "slow" (25 h), not "never"
+    assert c.seconds_to_95pct_flagged is None  # 95 % of five accounts is five, one never flagged
+    # A decision stamped at an exchange's ts already applies to it: a1 and a2 lose their fourth.
+    assert (c.exchanges, c.served) == (20, 3 + 3 + 4 + 4 + 4)

@@ -296,7 +296,11 @@ def link_and_score(
     engine: Engine | None = None,
 ) -> ScoredRun:
     """Linking → cluster and account detectors → additive scores (no policy yet)."""
-    engine = engine if engine is not None else EmbeddedEngine()
+    engine = (
+        engine
+        if engine is not None
+        else EmbeddedEngine(memory_limit=(config.get("engine") or {}).get("memory_limit"))
+    )
     sig_names = signals.schema.names
     sig_in = (
         signals.select([c for c in _SIGNAL_COLS if c in sig_names])

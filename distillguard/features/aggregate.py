@@ -51,9 +51,12 @@ def _settings(config: Mapping[str, Any]) -> tuple[float, tuple[int, int]]:
     return threshold, (int(night[0]), int(night[1]))
 
 
-def connect() -> ibis.BaseBackend:
-    """An embedded DuckDB backend for the feature queries."""
-    return ibis.duckdb.connect()
+def connect(memory_limit: str | None = None) -> ibis.BaseBackend:
+    """An embedded DuckDB backend for the feature queries, capped at ``memory_limit``."""
+    con = ibis.duckdb.connect()
+    if memory_limit:
+        con.raw_sql(f"SET memory_limit = '{memory_limit}'")  # type: ignore[attr-defined]
+    return con
 
 
 def _table(con: ibis.BaseBackend, data: pa.Table | ds.Dataset, name: str) -> ir.Table:
@@ -193,7 +196,7 @@ def feature_expr(
 def _run(
     signals: pa.Table | ds.Dataset, accounts: pa.Table | None, keys: Sequence[str], config: Mapping[str, Any]
 ) -> pa.Table:
-    con = connect()
+    con = connect((config.get("engine") or {}).get("memory_limit"))
     sig = _table(con, signals, "signals")
     acc = None
     if accounts is not None:

@@ -23,6 +23,9 @@ class EmbeddedEngine:
             self.backend.raw_sql(f"SET threads = {int(threads)}")
         if memory_limit is not None:
             self.backend.raw_sql(f"SET memory_limit = '{memory_limit}'")
+        # Lets large intermediates (the cached key memberships) spill under the memory cap;
+        # every expression a stage materialises ends in an ORDER BY, so no result depends on it.
+        self.backend.raw_sql("SET preserve_insertion_order = false")
 
     def table(self, name: str, data: pa.Table | pads.Dataset) -> ir.Table:
         """Expose ``data`` (not copied) as table ``name``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -140,3 +141,25 @@ def write_campaigns(resultdir: Path, log: ProviderLog, *, confidence: float = 0.
     path.write_text(json.dumps(doc), encoding="utf-8")
     (resultdir / "verdicts.jsonl").write_text("", encoding="utf-8")
     return path
+
+
+def assert_no_customer_data(text: str, log: ProviderLog) -> None:
+    """No raw address, payment fingerprint, account id, email or prompt of ``log`` in ``text``."""
+    # Every IP-looking token is a network prefix, never an address an account used.
+    tokens = set(re.findall(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]+)?", text))
+    used = {ip for ips in log.account_ips.values() for ip in ips}
+    assert tokens and all(t.endswith("/24") for t in tokens)
+    assert not ({t.split("/")[0] for t in tokens} & used)
+    for pf in log.payments.values():
+        assert pf not in text
+    for account in [*log.campaign_members, *log.benign, *log.weak_members]:
+        assert account not in text
+    assert "burner1.example" not in text and "gmail.com" not in text
+    assert "cluster-7" not in text  # local ids could embed customer ids: never exported
+    for prompt in set(log.prompts):
+        assert prompt not in text
+        words = re.findall(r"[a-z]{6,}", prompt.lower())
+        # Not even the scaffold's distinctive words leak: sketches are hashes.
+        assert not any(
+            f" {w} " in text.lower() for w in words if w in ("reasoning", "problem", "detail")
+        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +22,14 @@ from distillguard.share.stix import (
     validation_messages,
 )
 
-from .synth import CAMPAIGN_UA, PROXY_PREFIX, VPN_PREFIX, WEAK_PREFIX, ProviderLog
+from .synth import (
+    CAMPAIGN_UA,
+    PROXY_PREFIX,
+    VPN_PREFIX,
+    WEAK_PREFIX,
+    ProviderLog,
+    assert_no_customer_data,
+)
 
 NOW = datetime(2026, 6, 3, tzinfo=UTC)
 
@@ -63,23 +69,7 @@ def test_export_is_deterministic(provider_a: tuple[ProviderLog, Path], group_key
 
 def test_no_customer_data_in_bundle(provider_a: tuple[ProviderLog, Path], group_key: GroupKey) -> None:
     log, _ = provider_a
-    text = dumps(_export(provider_a, group_key))
-    # Every IP-looking token in the bundle is a network prefix, never an address an account used.
-    tokens = set(re.findall(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]+)?", text))
-    used = {ip for ips in log.account_ips.values() for ip in ips}
-    assert tokens and all(t.endswith("/24") for t in tokens)
-    assert not ({t.split("/")[0] for t in tokens} & used)
-    for pf in log.payments.values():
-        assert pf not in text
-    for account in [*log.campaign_members, *log.benign, *log.weak_members]:
-        assert account not in text
-    assert "burner1.example" not in text and "gmail.com" not in text
-    assert "cluster-7" not in text  # local ids could embed customer ids: never exported
-    for prompt in set(log.prompts):
-        assert prompt not in text
-        words = [w for w in re.findall(r"[a-z]{6,}", prompt.lower())]
-        # Not even the scaffold's distinctive words leak: sketches are hashes.
-        assert not any(f" {w} " in text.lower() for w in words if w in ("reasoning", "problem", "detail"))
+    assert_no_customer_data(dumps(_export(provider_a, group_key)), log)
 
 
 def test_benign_accounts_contribute_no_indicators(provider_a: tuple[ProviderLog, Path]) -> None:

@@ -26,7 +26,14 @@ from distillguard.share.misp import (
 )
 from distillguard.share.stix import KEYED_TYPE, SKETCH_TYPE, TLP, build_bundle
 
-from .synth import CAMPAIGN_UA, PROXY_PREFIX, VPN_PREFIX, WEAK_PREFIX, ProviderLog
+from .synth import (
+    CAMPAIGN_UA,
+    PROXY_PREFIX,
+    VPN_PREFIX,
+    WEAK_PREFIX,
+    ProviderLog,
+    assert_no_customer_data,
+)
 
 NOW = datetime(2026, 6, 3, tzinfo=UTC)
 
@@ -62,26 +69,6 @@ def _objects(ev: MISPEvent, name: str) -> list[Any]:
 
 def _values(obj: Any, relation: str) -> list[str]:
     return [a.value for a in obj.attributes if a.object_relation == relation]
-
-
-def assert_no_customer_data(text: str, log: ProviderLog) -> None:
-    """The STIX export's privacy check (tests/share/test_export.py), applied to any exported text."""
-    tokens = set(re.findall(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]+)?", text))
-    used = {ip for ips in log.account_ips.values() for ip in ips}
-    assert tokens and all(t.endswith("/24") for t in tokens)
-    assert not ({t.split("/")[0] for t in tokens} & used)
-    for pf in log.payments.values():
-        assert pf not in text
-    for account in [*log.campaign_members, *log.benign, *log.weak_members]:
-        assert account not in text
-    assert "burner1.example" not in text and "gmail.com" not in text
-    assert "cluster-7" not in text  # local ids could embed customer ids: never exported
-    for prompt in set(log.prompts):
-        assert prompt not in text
-        words = re.findall(r"[a-z]{6,}", prompt.lower())
-        assert not any(
-            f" {w} " in text.lower() for w in words if w in ("reasoning", "problem", "detail")
-        )
 
 
 def test_events_load_back_and_carry_the_campaign_indicators(

@@ -23,8 +23,9 @@ class EmbeddedEngine:
             self.backend.raw_sql(f"SET threads = {int(threads)}")
         if memory_limit is not None:
             self.backend.raw_sql(f"SET memory_limit = '{memory_limit}'")
-        # Lets large intermediates (the cached key memberships) spill under the memory cap;
-        # every expression a stage materialises ends in an ORDER BY, so no result depends on it.
+        # Frees DuckDB from keeping row order in large intermediates; every expression a stage
+        # materialises ends in an ORDER BY, so no result depends on it. (It is not enough for the
+        # seed scale: cached temp tables of an in-memory database still cannot leave memory.)
         self.backend.raw_sql("SET preserve_insertion_order = false")
 
     def table(self, name: str, data: pa.Table | pads.Dataset) -> ir.Table:

@@ -370,6 +370,11 @@ def _pivot(
     return hours[start], newest
 
 
+def _empty_group(name: str) -> dict[str, Any]:
+    """A row of the persona (or action) table before any account is counted in it."""
+    return {"name": name, "label": set(), "total": 0, "flagged": 0, "monitor": 0, "reasons": {}}
+
+
 def _persona_view(data: ReportData) -> dict[str, Any]:
     """Per persona (with labels) or per action (without): what was flagged and the top reasons."""
     by_acct = {str(v["account_id"]): v for v in data.verdicts}
@@ -384,17 +389,7 @@ def _persona_view(data: ReportData) -> dict[str, Any]:
         )
         for aid, persona, label in zip(ids, personas, labels, strict=True):
             name = str(persona or "(none)")
-            g = groups.setdefault(
-                name,
-                {
-                    "name": name,
-                    "label": set(),
-                    "total": 0,
-                    "flagged": 0,
-                    "monitor": 0,
-                    "reasons": {},
-                },
-            )
+            g = groups.setdefault(name, _empty_group(name))
             g["label"].add(str(label or ""))
             g["total"] += 1
             v = by_acct.get(str(aid))
@@ -410,17 +405,7 @@ def _persona_view(data: ReportData) -> dict[str, Any]:
     else:
         for v in data.verdicts:
             name = str(v["action"])
-            g = groups.setdefault(
-                name,
-                {
-                    "name": name,
-                    "label": set(),
-                    "total": 0,
-                    "flagged": 0,
-                    "monitor": 0,
-                    "reasons": {},
-                },
-            )
+            g = groups.setdefault(name, _empty_group(name))
             g["total"] += 1
             g["flagged"] += int(name in FLAGGED)
             g["monitor"] += int(name == "monitor")

@@ -287,6 +287,15 @@ class ScoredRun:
     scored: Scored
 
 
+def embedded_engine(config: Mapping[str, Any], scratch: Path | None = None) -> EmbeddedEngine:
+    """The embedded engine under ``engine.memory_limit``; file-backed in ``scratch`` when given,
+    so what linking caches can leave memory (the seed scale needs it)."""
+    database = scratch / "linking.duckdb" if scratch is not None else None
+    return EmbeddedEngine(
+        memory_limit=(config.get("engine") or {}).get("memory_limit"), database=database
+    )
+
+
 def link_and_score(
     signals: pa.Table | pads.Dataset,
     accounts: pa.Table | None,
@@ -296,11 +305,7 @@ def link_and_score(
     engine: Engine | None = None,
 ) -> ScoredRun:
     """Linking → cluster and account detectors → additive scores (no policy yet)."""
-    engine = (
-        engine
-        if engine is not None
-        else EmbeddedEngine(memory_limit=(config.get("engine") or {}).get("memory_limit"))
-    )
+    engine = engine if engine is not None else embedded_engine(config)
     sig_names = signals.schema.names
     sig_in = (
         signals.select([c for c in _SIGNAL_COLS if c in sig_names])
@@ -489,6 +494,8 @@ def run_detect(
     ):
         log, signals, features = _prepare(logdir, config, progress, engine, Path(scratch))
         digests = dict(getattr(log, "digests", {}) or {})
+        if engine is None:
+            engine = embedded_engine(config, Path(scratch))
         return detect_tables(
             signals, log.accounts, features, config, digests, progress=progress, engine=engine
         )

@@ -10,11 +10,15 @@ import pyarrow.dataset as pads
 
 
 class Engine(Protocol):
-    """An Ibis backend behind two verbs, so stages never name DuckDB or Spark.
+    """An Ibis backend behind three verbs, so stages never name DuckDB or Spark.
 
     Implementations live in ``distillguard.engines`` (embedded DuckDB; Spark later).
     """
 
     def table(self, name: str, data: pa.Table | pads.Dataset) -> ir.Table: ...
+
+    def cache(self, expr: ir.Table) -> ir.Table:
+        """``expr`` computed once and kept by the engine, for a result several queries read."""
+        ...
 
     def to_arrow(self, expr: ir.Table) -> pa.Table: ...

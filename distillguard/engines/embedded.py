@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 import ibis
@@ -17,20 +19,40 @@ class EmbeddedEngine:
     ``ir.Table`` arguments and never touch DuckDB directly.
     """
 
-    def __init__(self, threads: int | None = None, memory_limit: str | None = None) -> None:
-        self.backend: Any = ibis.duckdb.connect()
+    def __init__(
+        self,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+        database: str | Path | None = None,
+    ) -> None:
+        # With ``database`` (a file in a scratch folder) the tables a stage caches live in that
+        # file, so DuckDB can evict them from memory under its cap; an in-memory database must
+        # keep every cached table resident, which ran out of memory at the seed scale.
+        self._database = database
+        self._held = itertools.count()
+        self.backend: Any = ibis.duckdb.connect(
+            ":memory:" if database is None else str(database)
+        )
+        if database is not None:
+            spill = Path(database).with_suffix(".spill")
+            self.backend.raw_sql(f"SET temp_directory = '{spill.as_posix()}'")
         if threads is not None:
             self.backend.raw_sql(f"SET threads = {int(threads)}")
         if memory_limit is not None:
             self.backend.raw_sql(f"SET memory_limit = '{memory_limit}'")
         # Frees DuckDB from keeping row order in large intermediates; every expression a stage
-        # materialises ends in an ORDER BY, so no result depends on it. (It is not enough for the
-        # seed scale: cached temp tables of an in-memory database still cannot leave memory.)
+        # materialises ends in an ORDER BY, so no result depends on it.
         self.backend.raw_sql("SET preserve_insertion_order = false")
 
     def table(self, name: str, data: pa.Table | pads.Dataset) -> ir.Table:
         """Expose ``data`` (not copied) as table ``name``."""
         self.backend.con.register(name, data)
+        return self.backend.table(name)
+
+    def cache(self, expr: ir.Table) -> ir.Table:
+        """Materialise ``expr`` once as a table of this engine's database (evictable when file-backed)."""
+        name = f"held_{next(self._held)}"
+        self.backend.create_table(name, expr, temp=self._database is None)
         return self.backend.table(name)
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:

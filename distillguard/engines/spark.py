@@ -163,6 +163,11 @@ class SparkEngine:
         self._names.add(name)
         return self.backend.table(name)
 
+    def cache(self, expr: ir.Table) -> ir.Table:
+        """``expr`` as a cached Spark view (computed at first use, kept for later queries)."""
+        cached: ir.Table = expr.cache()
+        return cached
+
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         """Execute ``expr`` on Spark and return it with the embedded engine's Arrow types."""
         table = expr.as_table()

@@ -345,9 +345,8 @@ def _account_table(signals: ir.Table, accounts: ir.Table, lcfg: Mapping[str, Any
     return table.mutate(platform=ibis.literal(False))
 
 
-def _named_and_discounted(edges: ir.Table, table: ir.Table, discount: float) -> ir.Table:
-    """Account names back on the coded edges, and the edge between two *vouched* accounts
-    multiplied by ``discount``.
+def _discounted(edges: ir.Table, table: ir.Table, discount: float) -> ir.Table:
+    """The edge between two *vouched* accounts multiplied by ``discount`` (codes only, no names).
 
     Accountable businesses, not throwaway hydra heads: sharing a cloud egress, a datacenter
     prefix or a popular scaffold with them is ordinary. Two KYC customers vouch for each other;
@@ -355,25 +354,44 @@ def _named_and_discounted(edges: ir.Table, table: ir.Table, discount: float) -> 
     egress, a scaffold, a schedule) says little about either. A hydra head gains nothing by
     claiming end users unless every head does, and the accounts' own behaviour is still scored.
     """
-    ta = table.select(
-        code_a=table.account_code, account_a=table.account_id, ka=table.kyc, pa_=table.platform
-    )
-    tb = table.select(
-        code_b=table.account_code, account_b=table.account_id, kb=table.kyc, pb_=table.platform
-    )
+    if discount >= 1.0:
+        return edges
+    ta = table.select(code_a=table.account_code, ka=table.kyc, pa_=table.platform)
+    tb = table.select(code_b=table.account_code, kb=table.kyc, pb_=table.platform)
     e = edges.join(ta, "code_a").join(tb, "code_b")
-    factor: ir.FloatingValue = ibis.literal(1.0)
-    if discount < 1.0:
-        factor = ibis.ifelse((e.ka & e.kb) | e.pa_ | e.pb_, discount, 1.0)
+    factor = ibis.ifelse((e.ka & e.kb) | e.pa_ | e.pb_, discount, 1.0)
+    return e.select(
+        "code_a",
+        "code_b",
+        weight=(e.weight * factor).cast("float64"),
+        n_kinds=e.n_kinds,
+        **{f"w_{k}": (e[f"w_{k}"] * factor).cast("float64") for k in EDGE_KINDS},
+    )
+
+
+def named_edges(edges: ir.Table, table: ir.Table) -> ir.Table:
+    """Account names (``account_a``, ``account_b``) on coded edges, sorted by code, i.e. by name."""
+    ta = table.select(code_a=table.account_code, account_a=table.account_id)
+    tb = table.select(code_b=table.account_code, account_b=table.account_id)
+    e = edges.join(ta, "code_a").join(tb, "code_b")
     return e.select(
         "code_a",
         "code_b",
         "account_a",
         "account_b",
-        weight=(e.weight * factor).cast("float64"),
-        n_kinds=e.n_kinds,
-        **{f"w_{k}": (e[f"w_{k}"] * factor).cast("float64") for k in EDGE_KINDS},
-    )
+        "weight",
+        "n_kinds",
+        *[f"w_{k}" for k in EDGE_KINDS],
+    ).order_by(["code_a", "code_b"])
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """Unexecuted expressions of linking: coded edges, key memberships and the account table."""
+
+    coded: ir.Table  # code_a < code_b, weight, n_kinds, w_<kind>; no names, no order
+    indicators: ir.Table  # kind, key, account_id, key_weight, df; sorted
+    accounts: ir.Table  # account_id, account_code, kyc, platform
 
 
 def edge_expressions(
@@ -382,14 +400,25 @@ def edge_expressions(
     config: Mapping[str, Any],
     hold: Callable[[ir.Table], ir.Table] | None = None,
 ) -> tuple[ir.Table, ir.Table]:
-    """Ibis expressions for (edges, indicators).
+    """Ibis expressions for (edges, indicators): every edge, named; see :func:`edge_plan`."""
+    plan = edge_plan(signals, accounts, config, hold)
+    return named_edges(plan.coded, plan.accounts), plan.indicators
+
+
+def edge_plan(
+    signals: ir.Table,
+    accounts: ir.Table,
+    config: Mapping[str, Any],
+    hold: Callable[[ir.Table], ir.Table] | None = None,
+) -> EdgePlan:
+    """Ibis expressions for the coded edges, the indicators and the account table.
 
     Nothing is executed here unless ``hold`` is given: it is applied to each kind's key
     memberships, which both the edges and the indicators read, so an engine can compute them
     once (``Table.cache``) instead of once per consumer.
 
-    The edges carry ``code_a`` / ``code_b`` (integer codes in account-name order, see
-    ``_account_table``) and come sorted by them, which is name order.
+    The coded edges carry ``code_a`` / ``code_b`` (integer codes in account-name order, see
+    ``_account_table``) and no names: :func:`named_edges` adds them and sorts by code.
 
     ``signals`` needs account_id, ts, client_ip, ip_prefix, asn, network_kind, user_agent,
     template_id, system_prompt_sha256, model; ``accounts`` needs account_id, created_at,
@@ -442,9 +471,9 @@ def edge_expressions(
         **aggs,
     )
     discount = float(lcfg.get("verified_pair_discount", 1.0))
-    edges = _named_and_discounted(coded, table, discount).order_by(["code_a", "code_b"])
+    edges = _discounted(coded, table, discount)
     indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])
-    return edges, indicators
+    return EdgePlan(edges, indicators, table)
 
 
 def empty_edges() -> pa.Table:

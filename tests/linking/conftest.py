@@ -10,6 +10,7 @@ import pytest
 from distillguard.core.config import load_config
 from distillguard.engines.embedded import EmbeddedEngine
 from distillguard.linking import LinkResult, link
+from distillguard.linking.edges import edge_expressions
 
 from .synth import Synth, add_background, add_campus, add_corporate, add_hydra, add_saas, add_vpn
 
@@ -41,3 +42,14 @@ def linked(world: tuple[pa.Table, pa.Table]) -> LinkResult:
     return link(
         engine, engine.table("signals", sig), engine.table("accounts", acc), small_world_config()
     )
+
+
+@pytest.fixture(scope="session")
+def all_edges(world: tuple[pa.Table, pa.Table]) -> pa.Table:
+    """Every edge of the world, weak ones included (``link`` keeps only strong and in-cluster ones)."""
+    sig, acc = world
+    engine = EmbeddedEngine()
+    edges, _ = edge_expressions(
+        engine.table("signals", sig), engine.table("accounts", acc), small_world_config()
+    )
+    return engine.to_arrow(edges).drop_columns(["code_a", "code_b"])

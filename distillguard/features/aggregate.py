@@ -51,17 +51,16 @@ def _settings(config: Mapping[str, Any]) -> tuple[float, tuple[int, int]]:
     return threshold, (int(night[0]), int(night[1]))
 
 
-#: Per-key distinct counts (feature name, signals column), computed by :func:`feature_expr`.
+#: Per-key distinct counts (feature name, signals column) computed as (key, value) group-bys by
+#: :func:`feature_expr`; ``active_hours``, ``n_ips``, ``n_prefixes`` and ``n_asns`` come from
+#: group-bys it makes anyway (hours of day; addresses, whose prefix and ASN depend on the address).
 _DISTINCT_COUNTS: Final = (
     ("active_days", "day"),
-    ("active_hours", "hour"),
-    ("n_ips", "client_ip"),
-    ("n_prefixes", "ip_prefix"),
-    ("n_asns", "asn"),
     ("n_end_users", "end_user_id"),
     ("n_models", "model"),
     ("n_user_agents", "user_agent"),
 )
+_DERIVED_COUNTS: Final = ("active_hours", "n_ips", "n_prefixes", "n_asns")
 
 
 def connect(memory_limit: str | None = None) -> ibis.BaseBackend:
@@ -125,7 +124,7 @@ def feature_expr(
         n = scored.ifelse(1, 0).sum().cast("float64")
         return ibis.ifelse(n > 0, hits / n, ibis.null("float64"))
 
-    distinct = dict.fromkeys(name for name, _ in _DISTINCT_COUNTS)
+    distinct = dict.fromkeys([*(name for name, _ in _DISTINCT_COUNTS), *_DERIVED_COUNTS])
     aggregates: dict[str, ir.Value | None] = dict(
         n_exchanges=s.count(),
         n_content=content.ifelse(1, 0).sum(),
@@ -140,7 +139,12 @@ def feature_expr(
         out_in_ratio=s.output_tokens.sum().cast("float64") / ibis.greatest(s.input_tokens.sum(), 1).cast("float64"),
         thinking_share=share(s.thinking.fill_null(False)),
         night_share=share((s.hour >= night_lo) & (s.hour < night_hi)),
-        **{name: None for name in distinct if name not in ("active_days", "active_hours")},
+        n_ips=None,
+        n_prefixes=None,
+        n_asns=None,
+        n_end_users=None,
+        n_models=None,
+        n_user_agents=None,
         newest_model_share=share(s.model == newest_model),
         share_anonymising=share(s.network_kind.isin(ANONYMISING)),
         **{f"share_{k}": share(s.network_kind == k) for k in KINDS},
@@ -149,11 +153,26 @@ def feature_expr(
     # Distinct counts as (key, value) group-bys then a count per key: DuckDB's COUNT(DISTINCT)
     # keeps a hash set per group and was the costliest operator of this stage (seed scale:
     # minutes); a plain group-by spills and parallelises. Same numbers (nulls not counted).
+    counted: list[ir.Table] = []
     for name, column in _DISTINCT_COUNTS:
         pairs = s.filter(s[column].notnull()).select(*keys, value=s[column]).distinct()
-        counted = pairs.group_by(keys).aggregate(**{name: pairs.count()})
-        base = base.left_join(counted, keys).drop(*[f"{k}_right" for k in keys])
-        base = base.mutate(**{name: base[name].fill_null(0)})
+        counted.append(pairs.group_by(keys).aggregate(**{name: pairs.count()}))
+    # ip_prefix and asn are functions of client_ip, so one (key, address) group-by counts all three.
+    addressed = s.filter(s.client_ip.notnull())
+    per_ip = addressed.group_by([*keys, "client_ip"]).aggregate(
+        ip_prefix=addressed.ip_prefix.max(), asn=addressed.asn.max()
+    )
+    counted.append(
+        per_ip.group_by(keys).aggregate(
+            n_ips=per_ip.count(), n_prefixes=per_ip.ip_prefix.nunique(), n_asns=per_ip.asn.nunique()
+        )
+    )
+    totals = s.group_by(keys).aggregate(total=s.count())
+    hours = s.group_by([*keys, "hour"]).aggregate(n=s.count()).join(totals, keys)
+    counted.append(hours.group_by(keys).aggregate(active_hours=hours.count()))
+    for part in counted:
+        base = base.left_join(part, keys).drop(*[f"{k}_right" for k in keys])
+    base = base.mutate(**{name: base[name].fill_null(0) for name in distinct})
     base = base.select(*keys, *aggregates)
     base = base.mutate(
         exchanges_per_active_day=base.n_exchanges.cast("float64") / base.active_days.cast("float64"),
@@ -166,8 +185,6 @@ def feature_expr(
         )
     ).select(*keys, "interarrival_cv")
 
-    totals = s.group_by(keys).aggregate(total=s.count())
-    hours = s.group_by([*keys, "hour"]).aggregate(n=s.count()).join(totals, keys)
     hour_h = _entropy(hours, keys, "hour", "total").mutate(
         hour_entropy_norm=lambda t: t.entropy / math.log2(24)
     ).select(*keys, "hour_entropy_norm")

@@ -61,6 +61,14 @@ _DISTINCT_COUNTS: Final = (
     ("n_user_agents", "user_agent"),
 )
 _DERIVED_COUNTS: Final = ("active_hours", "n_ips", "n_prefixes", "n_asns")
+#: The signals columns :func:`feature_expr` reads (besides its keys).
+_FEATURE_INPUTS: Final = frozenset(
+    {
+        "account_id", "end_user_id", "ts", "model", "client_ip", "ip_prefix", "asn",
+        "network_kind", "user_agent", "input_tokens", "output_tokens", "thinking", "capability",
+        "reasoning_elicitation", "grader_use", "rewrite_request", "template_id", "has_content",
+    }
+)  # fmt: skip
 
 
 def connect(memory_limit: str | None = None) -> ibis.BaseBackend:
@@ -98,10 +106,14 @@ def feature_expr(
     """The feature table for ``keys`` as one Ibis expression (no execution)."""
     threshold, (night_lo, night_hi) = _settings(config)
     keys = list(keys)
-    s = signals.mutate(
-        sec=signals.ts.epoch_seconds().cast("float64"),
-        hour=signals.ts.hour(),
-        day=signals.ts.date(),
+    # Only the columns read below: DuckDB materialises a subquery several consumers share, and
+    # request ids and hashes it never reads were most of that table's width (seed scale: it spilled).
+    used = [c for c in signals.columns if c in {*keys, *_FEATURE_INPUTS}]
+    narrow = signals.select(*used)
+    s = narrow.mutate(
+        sec=narrow.ts.epoch_seconds().cast("float64"),
+        hour=narrow.ts.hour(),
+        day=narrow.ts.date(),
     )
     # Only the keys and the time go through the sort: a window carries every column it is given.
     # Ties in ts need no tie-break: equal times give a zero gap whichever comes first.

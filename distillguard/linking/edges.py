@@ -67,6 +67,7 @@ def _key_stats(
     n_accounts: ir.IntegerScalar,
     cfg: Mapping[str, Any],
     lcfg: Mapping[str, Any],
+    hold: Callable[[ir.Table], ir.Table] | None = None,
 ) -> ir.Table:
     """Per (key, account) rows of eligible keys with the key's weight.
 
@@ -76,6 +77,10 @@ def _key_stats(
     ka = keyed.group_by(["key", "account_id"]).agg(
         n=ibis._.count(), kind_w=ibis._.kind_w.max(), net_kind=ibis._.net_kind.max()
     )
+    if hold is not None:
+        # Read twice below (per-key stats, memberships): held in the engine, where it can leave
+        # memory, rather than as a shared subquery DuckDB keeps resident (the seed scale's OOM).
+        ka = hold(ka)
     doms = accounts.select(d_id=accounts.account_id, email_domain=accounts.email_domain)
     kad = ka.left_join(doms, ka.account_id == doms.d_id).drop("d_id")
     # One row per (key, account) already, so count() is the account count; and "at most one
@@ -255,6 +260,8 @@ def _synchrony(
         .group_by(["key", "account_id"])
         .agg(net_kind=ibis._.net_kind.max())
     )
+    if hold is not None:
+        acts = hold(acts)  # read twice (fan-out per cell, then the cells kept)
     doms = accounts.select(dom_id=accounts.account_id, email_domain=accounts.email_domain)
     actd = acts.left_join(doms, acts.account_id == doms.dom_id)
     fan = actd.group_by("key").agg(
@@ -427,6 +434,10 @@ def edge_plan(
     lcfg = config["linking"]
     kinds_cfg: Mapping[str, Mapping[str, Any]] = lcfg["kinds"]
     n_accounts = signals.account_id.nunique()
+    if hold is not None:
+        # Every kind's rarity reads it: count the active accounts once, not once per kind.
+        active = hold(signals.select("account_id").filter(signals.account_id.notnull()).distinct())
+        n_accounts = active.count()
     table = _account_table(signals, accounts, lcfg)
     if hold is not None:
         table = hold(table)
@@ -452,7 +463,7 @@ def edge_plan(
                 keyed = _signup_keys(accounts, cfg)
             else:
                 keyed = _exchange_keys(signals, kind, cfg, lcfg)
-            members = _key_stats(keyed, accounts, kind, n_accounts, cfg, lcfg)
+            members = _key_stats(keyed, accounts, kind, n_accounts, cfg, lcfg, hold)
             members = members.join(codes, "account_id")
             if hold is not None:
                 members = hold(members)

@@ -309,6 +309,19 @@ def _synchrony(
     return pairs
 
 
+def _sum_pairs(allp: ir.Table) -> ir.Table:
+    """Per pair: the total weight, the number of kinds and each kind's contribution."""
+    aggs = {
+        f"w_{k}": ibis.ifelse(allp.kind == k, allp.contribution, 0.0).sum().cast("float64")
+        for k in EDGE_KINDS
+    }
+    return allp.group_by(["code_a", "code_b"]).agg(
+        weight=allp.contribution.sum().cast("float64"),
+        n_kinds=(allp.contribution > 0).cast("int64").sum(),
+        **aggs,
+    )
+
+
 def evidence_families(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """Independent kinds of evidence: configured groups of edge kinds (an IP and its prefix are
     one network fact), every other kind on its own. Sorted by family name."""
@@ -470,17 +483,24 @@ def edge_plan(
             pairs = _pairs(members, kind, cfg)
             # Synchrony's memberships are raw activity, not indicators: the edge share reports it.
             member_parts.append(members.select("kind", "key", "account_id", "key_weight", "df"))
+        if hold is not None:
+            # One self-join at a time: run together inside one query, the joins of every kind
+            # competed for memory (the seed scale's next out-of-memory after the memberships).
+            pairs = hold(pairs)
         pair_parts.append(pairs)
     allp = ibis.union(*pair_parts)
-    aggs = {
-        f"w_{k}": ibis.ifelse(allp.kind == k, allp.contribution, 0.0).sum().cast("float64")
-        for k in EDGE_KINDS
-    }
-    coded = allp.group_by(["code_a", "code_b"]).agg(
-        weight=allp.contribution.sum().cast("float64"),
-        n_kinds=(allp.contribution > 0).cast("int64").sum(),
-        **aggs,
-    )
+    partitions = int(lcfg.get("edge_partitions", 1)) if hold is not None else 1
+    if partitions <= 1:
+        coded = _sum_pairs(allp)
+    else:
+        # Summed in slices of code_a, one held table each: a single aggregation over every pair
+        # of the seed scale (hundreds of millions of rows) did not fit the engine's memory cap.
+        assert hold is not None
+        slices = [
+            hold(_sum_pairs(allp.filter(allp.code_a % partitions == part)))
+            for part in range(partitions)
+        ]
+        coded = ibis.union(*slices)
     discount = float(lcfg.get("verified_pair_discount", 1.0))
     edges = _discounted(coded, table, discount)
     indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])

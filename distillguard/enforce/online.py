@@ -7,12 +7,16 @@ of thousands). Per batch it
    (:func:`distillguard.signals.exchange.exchange_signals` on the micro-batch table),
 2. folds every exchange into the state backend in arrival order (counters, distinct-count
    sketches) — the incremental adapter over the per-account features,
-3. scores all rows at once (:func:`score_rows`: standardised signals combined additively, each
+3. scores the rows (:func:`score_rows`: standardised signals combined additively, each
    reason's contribution visible) and maps scores to actions with the scoring stage's
    :class:`~distillguard.scoring.policy.Policy` (no second copy of the rules),
 4. ratchets each account's action (online actions only escalate) and records the changes.
 
-Nothing in steps 1–2 depends on the decisions, which is what lets replay batch them.
+:meth:`Enforcer.process` (service, gateway) does 2–4 one exchange after the other.
+:meth:`Enforcer.replay_batch` (replay) relies on steps 1–2 not depending on the decisions: it
+folds the whole batch columnar, scores every row at once, and only then takes the decisions in
+order, reading the taint that earlier decisions spread — the same decisions and state
+(``tests/enforce/test_replay_batch.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from distillguard.core.schema import EXCHANGE_SCHEMA
 from distillguard.core.verdict import Action
@@ -44,11 +49,16 @@ from distillguard.enforce.settings import (
 )
 from distillguard.enforce.state import (
     COUNT_ONLY,
+    TOUCH_SLOTS,
     AccountView,
+    ExchangeColumns,
+    Folded,
     MemoryState,
     Observation,
     StateBackend,
     StateUnavailable,
+    additions,
+    apply_counters,
 )
 from distillguard.scoring.combine import Scored, SignalSpec
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
@@ -109,20 +119,34 @@ class ContentSignals(Protocol):
 
 
 class BatchContentSignals:
-    """The signal stage's own per-exchange code on a micro-batch (one stateful template index)."""
+    """The signal stage's own per-exchange code on a micro-batch (one stateful template index).
 
-    def __init__(self, config: Mapping[str, Any], intel: pa.Table | None = None, capability_model: bool = True) -> None:
-        from distillguard.signals.exchange import content_scores, template_params
+    ``carry_over``: keep the signal stage's per-prompt and per-address results across batches
+    (``PromptSignals``, ``AddressContext``: bounded, and equal to recomputing), as ``detect``
+    does. Replay turns it on (a log repeats prompts and clients batch after batch); the service
+    keeps its memory to the state caps.
+    """
+
+    def __init__(
+        self, config: Mapping[str, Any], intel: pa.Table | None = None, capability_model: bool = True, carry_over: bool = False
+    ) -> None:
+        from distillguard.signals.exchange import PromptSignals, content_scores, template_params
+        from distillguard.signals.network import AddressContext
         from distillguard.signals.template import TemplateIndex
 
         self._content_scores = content_scores
         self.intel = intel
         self.index = TemplateIndex(template_params(config))
         self.model: Any = None
+        self.prompts: PromptSignals | None = None
+        self.addresses: AddressContext | None = None
         if capability_model:
             from distillguard.signals.capability import load_model
 
             self.model = load_model()
+            if carry_over:
+                self.prompts = PromptSignals(self.model, self.index.params)
+                self.addresses = AddressContext(intel)
 
     def compute(self, table: pa.Table) -> pl.DataFrame:
         """``reasoning, grader, capability, template_id, ip_prefix, network_kind`` per row."""
@@ -130,7 +154,9 @@ class BatchContentSignals:
         from distillguard.signals.network import network_context
 
         if self.model is not None:
-            sig = exchange_signals(table, model=self.model, index=self.index, intel=self.intel)
+            sig = exchange_signals(
+                table, model=self.model, index=self.index, intel=self.intel, prompts=self.prompts, addresses=self.addresses
+            )
             frame = pl.from_arrow(
                 sig.select(["reasoning_elicitation", "grader_use", "capability", "template_id", "ip_prefix", "network_kind"])
             )
@@ -235,10 +261,20 @@ _N_BEHAVIOUR = len(BEHAVIOUR_FEATURES)
 #: ``group[4:8]`` of a taint sketch -> index in PROPAGATION_KINDS.
 _TAINT_SLOT = {p[4:]: PROPAGATION_KINDS.index(k) for k, p in _TAINT_PREFIX.items()}
 _TAINT_IP = PROPAGATION_KINDS.index("ip")
+_KNOWN_MEMBER = FEATURES.index("known_member")
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
+
+
+def _cluster(stored: str | None, member_cid: str | None, link_cid: str | None) -> str | None:
+    """A decision's cluster: a known campaign's (member) over the stored one over a linked campaign's."""
+    if member_cid is not None:
+        stored = member_cid
+    if link_cid is not None:
+        stored = stored or link_cid
+    return stored
 
 
 # --------------------------------------------------------------------------- enforcer
@@ -470,24 +506,32 @@ class Enforcer:
                 else:
                     vals[taint_at + t] = float(count)
                 evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {"key": group[group.index(":", 4) + 1 :], "contained_accounts": count}
-        off += len(SHARING_KINDS)
         cluster_id = view.cluster_id
         if known.members or known.indicators:
-            member = known.members.get(acct)
-            if member is not None:
-                cluster_id = member[0]
-                vals[off] = self.settings.member_weight * (1.0 if member[1] >= Action.THROTTLE.rank else 0.5)
-                evidence["known_member"] = {"campaign": member[0], "source": known.source}
-            links = known.link(keys)
-            if links:
-                by_kind = {k: (key, cid) for k, key, cid in links}
-                vals[off + 1] = sum(self.settings.link_weights.get(k, 0.0) for k in by_kind)
-                cluster_id = cluster_id or links[0][2]
-                evidence["known_link"] = {
-                    "links": [{"kind": k, "key": key, "campaign": cid} for k, (key, cid) in sorted(by_kind.items())],
-                    "source": known.source,
-                }
+            cluster_id = _cluster(cluster_id, *self._known(acct, keys, known, vals, evidence))
         return vals, cluster_id, evidence
+
+    def _known(
+        self, account: str, keys: Mapping[str, str | None], known: KnownCampaigns, vals: list[float], evidence: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """Known-campaign membership and links into ``vals`` / ``evidence``: (member's campaign, first link's campaign)."""
+        off = _N_BEHAVIOUR + len(SHARING_KINDS)
+        member_cid = link_cid = None
+        member = known.members.get(account)
+        if member is not None:
+            member_cid = member[0]
+            vals[off] = self.settings.member_weight * (1.0 if member[1] >= Action.THROTTLE.rank else 0.5)
+            evidence["known_member"] = {"campaign": member[0], "source": known.source}
+        links = known.link(keys)
+        if links:
+            by_kind = {k: (key, cid) for k, key, cid in links}
+            vals[off + 1] = sum(self.settings.link_weights.get(k, 0.0) for k in by_kind)
+            link_cid = links[0][2]
+            evidence["known_link"] = {
+                "links": [{"kind": k, "key": key, "campaign": cid} for k, (key, cid) in sorted(by_kind.items())],
+                "source": known.source,
+            }
+        return member_cid, link_cid
 
     # -- scoring and decisions -------------------------------------------------------------
 
@@ -697,6 +741,271 @@ class Enforcer:
             self.metrics.checks += len(rows)
         return out
 
+    # -- replay: a time-ordered batch in two passes ---------------------------------------
+
+    def replay_batch(
+        self, table: pa.Table, signals: pl.DataFrame | None, metas: Mapping[str, AccountMeta]
+    ) -> list[Decision]:
+        """Decide a time-ordered batch of exchanges (contract columns) for replay: changed decisions only, no limits.
+
+        The same decisions, state and metrics as ``process(rows, metas, signals, limits=False,
+        changes_only=True)``, in two passes. First everything that does not depend on a decision
+        is computed for the whole batch: the state update (:meth:`MemoryState.fold`), the
+        behaviour and sharing features, their scores and actions (numpy, the same float
+        operations as :meth:`_score_one`). Then a short loop takes the decisions in order: it
+        reads the taint sketches as they stand (a contained account's taint reaches the very next
+        request), rescores only the rows that taint or a ratchet can change, and spreads taint.
+        Sketch evictions wait for the end of the batch; near the cap the sketches one by one
+        would evict before their use are dropped first (:meth:`MemoryState.plan_evictions`), and
+        the batch is cut where that depends on decisions still to take (an exchange undecided even
+        at its own start and a few after it go through :meth:`process`). Other backends, and
+        batches without account ids or times, go through :meth:`process`.
+        """
+        n = table.num_rows
+        if n == 0:
+            return []
+        if signals is None and self.content is not None:
+            signals = self.content.compute(table)
+        backend = self.backend
+        cols = (
+            _ReplayColumns.build(self, table, signals, metas)
+            if isinstance(backend, MemoryState) and signals is not None
+            else None
+        )
+        if cols is None:
+            return self._replay_rows(table, signals, metas)
+        assert isinstance(backend, MemoryState) and signals is not None
+        out: list[Decision] = []
+        lo = 0
+        while lo < n:
+            part = cols if lo == 0 else cols.slice(lo)
+            adds = additions(part.fold)
+            evicted: dict[str, int] = {}
+            undecided: int | None = None
+            if backend.size()["sketches"] + part.n_memberships > backend.max_sketch_keys:
+                evicted, undecided = backend.plan_evictions(adds, part.taint_refs())
+            stop = part.n if undecided is None else undecided // TOUCH_SLOTS
+            if stop > 0:
+                # Up to the first exchange whose sketches' fate depends on decisions still to take.
+                piece = part if stop == part.n else part.slice(0, stop)
+                with self._lock:
+                    backend.drop(evicted)  # evicted before their first use: they come back empty then
+                    out += self._replay_decide(backend, piece, adds if piece is part else additions(piece.fold))
+                lo += stop
+                continue
+            # That exchange's fate is undecided even at its own start: a few one by one, then again.
+            window = min(_ROW_WINDOW, n - lo)
+            out += self._replay_rows(table.slice(lo, window), signals.slice(lo, window), metas)
+            lo += window
+        return out
+
+    def _replay_rows(self, table: pa.Table, signals: pl.DataFrame | None, metas: Mapping[str, AccountMeta]) -> list[Decision]:
+        rows = exchange_rows(table)
+        return self.process(rows, [metas.get(r["account_id"]) for r in rows], signals, limits=False, changes_only=True)
+
+    def _replay_decide(self, backend: MemoryState, cols: _ReplayColumns, adds: pl.DataFrame) -> list[Decision]:
+        """Both passes of :meth:`replay_batch` (under the lock), sketch evictions deferred."""
+        s = self.settings
+        n = cols.n
+        known = self.campaigns.maybe_reload()
+        folded = backend.fold(cols.fold, adds)
+        values, extra = self._base_features(cols, folded, known)
+        vectorised = self.policy.min_evidence_kinds == 0
+        rank_list: list[int] | None = None
+        if vectorised:
+            ranks, contrib, scores = self._score_matrix(values)
+            rank_list = ranks.tolist()
+        views = folded.views
+        accounts, ts_list = cols.accounts, cols.ts_ms
+        taint_cols = cols.taint
+        sip_counts = folded.counts[:, _SIP_COLUMN].tolist()
+        prop_rank = s.propagation_rank
+        sticky = s.sticky_actions
+        top = len(ACTIONS_BY_RANK) - 1
+        taint_at = _N_BEHAVIOUR + len(SHARING_KINDS) + 2
+        peek = backend.peek
+        # Taint keys that exist: most exchanges' keys carry no taint, and a set lookup is cheaper than a peek.
+        live = backend.present({g for _, groups in taint_cols for g in groups if g is not None})
+        final = [0] * len(ACTIONS_BY_RANK)
+        touches: list[tuple[int, str]] = []
+        out: list[Decision] = []
+        for i in range(n):
+            view = views[i]
+            before = view.action_rank
+            if before == top and sticky:
+                # Already at the top action: no score can change it, and replay needs no answer.
+                final[top] += 1
+                if taint_cols and top >= prop_rank:
+                    self._replay_spread(backend, i, view, None, values, rank_list, False, taint_cols, touches, live)
+                continue
+            vals: list[float] | None = None
+            evidence: dict[str, Any] = extra[i] if extra is not None else {}
+            if taint_cols and before < prop_rank:
+                # An account already contained is in the taint sets of its own keys: it reads none.
+                for t, groups in taint_cols:
+                    group = groups[i]
+                    if group not in live:
+                        continue
+                    count = peek(group)
+                    if not count:
+                        continue
+                    if vals is None:
+                        vals = values[i].tolist()
+                        evidence = dict(evidence)
+                    if t == _TAINT_IP:
+                        # A cloud NAT with one attacker among ten customers is not a proxy pool.
+                        vals[taint_at + t] = count / max(sip_counts[i], count)
+                    else:
+                        vals[taint_at + t] = float(count)
+                    evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {"key": group[group.index(":", 4) + 1 :], "contained_accounts": count}
+            row_contrib: list[float] | None = None
+            if vals is not None or not vectorised:
+                if vals is None:
+                    vals = values[i].tolist()
+                rank, score, row_contrib = self._score_one(vals)
+            else:
+                assert rank_list is not None
+                rank, score = rank_list[i], scores[i]
+            if sticky and before > rank:
+                rank = before
+            if rank != before:
+                if vals is None:
+                    vals = values[i].tolist()
+                if row_contrib is None:
+                    row_contrib = contrib[i].tolist()
+                reasons = self._reasons(vals, row_contrib, evidence)
+                if not reasons and rank > 0:  # the contract forbids an unexplained action
+                    rank = before
+                else:
+                    cluster_id = _cluster(view.cluster_id, cols.member_cid[i], cols.link_cid[i])
+                    # What _set_action does, on the view current at this exchange (memory backend).
+                    self.local.set_action(accounts[i], rank, cluster_id, reasons)
+                    view.action_rank, view.cluster_id, view.reasons = rank, cluster_id, list(reasons)
+                    decision = Decision(
+                        cols.request_id(i), accounts[i], ts_list[i], ACTIONS_BY_RANK[rank], score,
+                        cluster_id, tuple(reasons), None, None, True,
+                    )  # fmt: skip
+                    out.append(decision)
+                    if taint_cols and rank >= prop_rank:
+                        self._replay_spread(backend, i, view, vals, values, rank_list, True, taint_cols, touches, live)
+                    final[rank] += 1
+                    continue
+            if taint_cols and rank >= prop_rank:
+                self._replay_spread(backend, i, view, vals, values, rank_list, False, taint_cols, touches, live)
+            final[rank] += 1
+        backend.settle(_touch_order(folded.touched, touches))
+        decisions = self.metrics.decisions
+        for r, count in enumerate(final):
+            if count:
+                key = ACTIONS_BY_RANK[r].value
+                decisions[key] = decisions.get(key, 0) + count
+        self.metrics.checks += n
+        return out
+
+    def _replay_spread(
+        self,
+        backend: MemoryState,
+        i: int,
+        view: AccountView,
+        vals: list[float] | None,
+        values: np.ndarray,
+        rank_list: list[int] | None,
+        changed: bool,
+        taint_cols: list[tuple[int, list[str | None]]],
+        touches: list[tuple[int, str]],
+        live: set[str],
+    ) -> None:
+        """:meth:`_spread` inside a batch: the account's taint memberships, recorded for :meth:`MemoryState.settle`."""
+        groups = [g for _, col in taint_cols if (g := col[i]) is not None]
+        if not groups:
+            return
+        linked_only = False
+        if changed or view.counters.get("taint_linked_only", 0.0) > 0.0:
+            # Without taint read, the row's values are the base row, whose link slots are already
+            # empty: its own-evidence rank is the vectorised one.
+            own_rank = rank_list[i] if vals is None and rank_list is not None else None
+            linked_only, inc = self._linked_only(view, vals if vals is not None else values[i].tolist(), changed, own_rank)
+            if inc:
+                apply_counters(view.counters, inc)
+        account = view.account_id
+        if not linked_only and account != COUNT_ONLY:
+            for k, group in enumerate(groups):
+                backend.add_deferred(group, account)
+                live.add(group)
+                touches.append((i * TOUCH_SLOTS + len(_MEMBERSHIPS) + k, group))
+
+    def _base_features(
+        self, cols: _ReplayColumns, folded: Folded, known: KnownCampaigns
+    ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+        """Feature matrix of a folded batch without the taint columns (NaN = abstain), and per-row evidence (known campaigns, peers)."""
+        n = cols.n
+        warmup = self.settings.warmup
+        nan = math.nan
+        values = np.full((n, len(FEATURES)), nan)
+        cnt, content, reasoning, grader, cap_top, tpl_top, cap_target = folded.values.T
+        warm = cnt >= warmup
+        cwarm = warm & (content >= warmup)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for j, num in ((0, reasoning), (1, grader), (2, cap_top), (3, tpl_top), (5, cap_target)):
+                values[:, j] = np.where(cwarm & (content > 0), num / content, nan)
+            ip_count = folded.counts[:, 0].astype(np.float64)
+            values[:, 4] = np.where(warm & (cnt > 0), ip_count / cnt, nan)
+        counts = folded.counts.astype(np.float64).T
+        present = cols.present
+        off = _N_BEHAVIOUR
+        pay, paydom = counts[_PAY_COLUMN], counts[_PAY_COLUMN + 1]
+        values[:, off] = np.where(present[_PAY_COLUMN], np.where(paydom >= 2, pay, 0.0), nan)
+        for column, slot in _SHARING_COLUMNS:
+            values[:, off + slot] = np.where(present[column], counts[column], nan)
+        extra: list[dict[str, Any]] | None = None
+        if known.members or known.indicators or self.peer is not None:
+            extra = [{} for _ in range(n)]
+            accounts, n_list = cols.accounts, cnt.tolist()
+            for i in range(n):
+                keys = cols.keys_of(i)
+                vals = [nan] * len(FEATURES)
+                if known.members or known.indicators:
+                    cols.member_cid[i], cols.link_cid[i] = self._known(accounts[i], keys, known, vals, extra[i])
+                if self.peer is not None:
+                    vals[-1] = self.peer.contribution(accounts[i], keys, cols.ts_ms[i], n_list[i], extra[i])
+                values[i, _KNOWN_MEMBER] = vals[_KNOWN_MEMBER]
+                values[i, _KNOWN_MEMBER + 1] = vals[_KNOWN_MEMBER + 1]
+                values[i, -1] = vals[-1]
+        return values, extra
+
+    def _score_matrix(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """:meth:`_score_one` of every row at once: the same float operations in the same order, so the same bits.
+
+        (ranks, contributions, scores); scores with ``math.exp`` as the scalar path does.
+        """
+        kind, weight, offset, scale, max_k = self._coef
+        x = np.where(np.isnan(values), 0.0, values)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = (x - offset) / scale
+        graded = np.where(x > max_k, 0.0, weight * np.where(g < 0.0, 0.0, np.where(g > 1.0, 1.0, g)))
+        mw = self.settings.member_weight
+        contrib: np.ndarray = np.where(kind == 2, x, np.where(kind == 3, np.where(mw < x, mw, x), graded))
+        logit = np.full(values.shape[0], self.bias)
+        for j in range(contrib.shape[1]):
+            logit += contrib[:, j]
+        exp = math.exp
+        scores = [1.0 / (1.0 + exp(-v)) if v > -700 else 0.0 for v in logit.tolist()]
+        p = self.policy
+        score = np.array(scores)
+        rank = np.zeros(score.shape[0], dtype=np.int64)
+        for action in (Action.MONITOR, Action.THROTTLE, Action.CHALLENGE, Action.SUSPEND):
+            rank = np.where(score >= p.thresholds[action], action.rank, rank)
+        non_volume = (contrib[:, self._non_volume] >= p.min_reason_contribution).any(axis=1)
+        monitor, challenge = Action.MONITOR.rank, Action.CHALLENGE.rank
+        if p.flag_requires_non_volume_reason:
+            rank = np.where(~non_volume & (rank > monitor), monitor, rank)
+        cluster_total = np.zeros(score.shape[0])
+        for j in self._cluster:
+            cluster_total += contrib[:, j]
+        ok = non_volume & (cluster_total >= p.min_cluster_contribution) if p.suspend_requires_cluster else non_volume
+        rank = np.where(~ok & (rank > challenge), challenge, rank)
+        return rank, contrib, scores
+
     def _spread(
         self, account: str, ts_ms: int, view: AccountView, vals: list[float], changed: bool, taint: list[str]
     ) -> None:
@@ -707,21 +1016,33 @@ class Enforcer:
         false positive on a VPN exit would walk through every account behind that provider.
         The mark is a counter (``taint_linked_only``), so it lives in either backend.
         """
-        linked_only = view.counters.get("taint_linked_only", 0.0) > 0.0
-        inc: dict[str, float] = {}
-        if changed or linked_only:
-            own = list(vals)
-            for j in self._link_slots:
-                own[j] = math.nan
-            own_ok = self._score_one(own)[0] >= self.settings.propagation_rank
-            if changed and not own_ok:
-                inc["taint_linked_only"], linked_only = 1.0, True
-            elif linked_only and own_ok:
-                inc["taint_linked_only"], linked_only = -1.0, False
+        linked_only, inc = self._linked_only(view, vals, changed)
         if not linked_only:
             self._observe(account, ts_ms, inc, [(g, account) for g in taint])
         elif inc:
             self._observe(account, ts_ms, inc, ())
+
+    def _linked_only(
+        self, view: AccountView, vals: list[float], changed: bool, own_rank: int | None = None
+    ) -> tuple[bool, dict[str, float]]:
+        """Whether a contained account is contained only through propagated links, and the mark's change.
+
+        ``own_rank``: the rank of ``vals`` without the links, when the caller has it.
+        """
+        linked_only = view.counters.get("taint_linked_only", 0.0) > 0.0
+        inc: dict[str, float] = {}
+        if changed or linked_only:
+            if own_rank is None:
+                own = list(vals)
+                for j in self._link_slots:
+                    own[j] = math.nan
+                own_rank = self._score_one(own)[0]
+            own_ok = own_rank >= self.settings.propagation_rank
+            if changed and not own_ok:
+                inc["taint_linked_only"], linked_only = 1.0, True
+            elif linked_only and own_ok:
+                inc["taint_linked_only"], linked_only = -1.0, False
+        return linked_only, inc
 
     def _set_action(self, account: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]], degraded: bool) -> None:
         self.local.set_action(account, rank, cluster_id, reasons)
@@ -776,6 +1097,227 @@ class Enforcer:
             except StateUnavailable:
                 self._mark_down()
         return self.local.get(account_id)
+
+
+# --------------------------------------------------------------------------- replay batches
+
+#: Sketch memberships of an exchange, in :meth:`Enforcer._observation`'s order (it fixes the LRU order).
+_MEMBERSHIPS = ("g_ip", "g_pfx", "g_sip", "g_tpl", "g_uag", "g_pay", "g_paydom")
+_SIP_COLUMN = _MEMBERSHIPS.index("g_sip")
+_PAY_COLUMN = _MEMBERSHIPS.index("g_pay")  # g_paydom follows
+#: Membership column -> its sharing slot (the one count that fills that feature).
+_SHARING_COLUMNS = tuple((_MEMBERSHIPS.index(f"g_{p[:3]}"), j) for p, j in _GROUP_SLOT.items())
+#: Counters the features read after each exchange (the first is the exchange count).
+_READS = ("n", "content_n", "reasoning_sum", "grader_sum", "cap_top", "tpl_top", "cap_target")
+#: Exchanges decided one by one from one that uses a sketch whose eviction cannot wait.
+_ROW_WINDOW = 64
+
+
+@dataclass
+class _ReplayColumns:
+    """One replay batch as the columns both passes of :meth:`Enforcer.replay_batch` read."""
+
+    n: int
+    accounts: list[str]
+    ts_ms: list[int]
+    fold: ExchangeColumns
+    present: list[np.ndarray]  # per membership column: the exchange has that membership
+    taint: list[tuple[int, list[str | None]]]  # (slot in PROPAGATION_KINDS, taint group per row), _observation's order
+    frame: pl.DataFrame  # the membership columns and their members
+    table: pa.Table
+    fps: list[Any]
+    member_cid: list[str | None] = field(default_factory=list)
+    link_cid: list[str | None] = field(default_factory=list)
+    _keys: list[tuple[Any, ...]] | None = None
+
+    @classmethod
+    def build(
+        cls, e: Enforcer, table: pa.Table, signals: pl.DataFrame, metas: Mapping[str, AccountMeta]
+    ) -> _ReplayColumns | None:
+        """The batch's columns, or None when it has what only the row path handles (missing ids or times)."""
+        s = e.settings
+        n = table.num_rows
+        names = table.column_names
+        if "account_id" not in names or "ts" not in names or signals.height != n:
+            return None
+        acct_col, ts_col = table["account_id"], table["ts"]
+        if acct_col.null_count or ts_col.null_count or not (pa.types.is_string(acct_col.type) or pa.types.is_large_string(acct_col.type)):
+            return None
+        if pa.types.is_timestamp(ts_col.type):
+            ts_col = pc.cast(pc.cast(ts_col, pa.timestamp("ms", "UTC"), safe=False), pa.int64())
+        elif not pa.types.is_integer(ts_col.type):
+            return None
+        ts_series = pl.from_arrow(ts_col)  # (pyarrow's to_numpy on a chunked array imports pandas)
+        assert isinstance(ts_series, pl.Series)
+        ts = ts_series.cast(pl.Int64).to_numpy()
+        accounts: list[str] = acct_col.to_pylist()
+        fps: list[Any] = []
+        domains: list[str | None] = []
+        for a in accounts:
+            meta = metas.get(a)
+            if meta is not None and meta.payment_fingerprint:
+                fps.append(meta.payment_fingerprint)
+                domains.append(meta.email_domain or f"?{a}")
+            else:
+                fps.append(None)
+                domains.append(None)
+
+        def col(name: str, dtype: Any) -> pl.Series:
+            if name not in names:
+                return pl.Series(name, [None] * n, dtype=dtype)
+            series = pl.from_arrow(table[name])
+            assert isinstance(series, pl.Series)
+            return series.alias(name).cast(dtype)
+
+        def sig(name: str, dtype: Any) -> pl.Series:
+            return signals.get_column(name).cast(dtype).alias(name) if name in signals.columns else pl.Series(name, [None] * n, dtype=dtype)
+
+        def bucket(ms: float) -> np.ndarray:
+            # Python's int(ts_ms // ms): numpy's float floor division is CPython's algorithm.
+            return np.floor_divide(ts.astype(np.float64), ms).astype(np.int64) if ms else np.zeros(n, dtype=np.int64)
+
+        frame = pl.DataFrame([
+            pl.Series("acct", accounts, dtype=pl.String), pl.Series("ts", ts), col("client_ip", pl.String), col("user_agent", pl.String),
+            col("input_tokens", pl.Float64), col("output_tokens", pl.Float64),
+            sig("ip_prefix", pl.String), sig("network_kind", pl.String), sig("reasoning", pl.Float64),
+            sig("grader", pl.Float64), sig("capability", pl.String), sig("template_id", pl.String),
+            pl.Series("fp", [None if f is None else str(f) for f in fps], dtype=pl.String),
+            pl.Series("domain", domains, dtype=pl.String),
+            pl.Series("pfx_b", bucket(e._prefix_ms)), pl.Series("sip_b", bucket(e._ip_ms)),
+        ])  # fmt: skip
+        c, lit, cat = pl.col, pl.lit, pl.concat_str
+        null = lit(None, dtype=pl.String)
+        ip_ok = (c("client_ip").is_not_null() & (c("client_ip") != "")).fill_null(False)
+        explained = c("network_kind").is_in(sorted(s.explained_kinds)).fill_null(False)
+        shared_ip = ip_ok & ~explained
+        prefix_ok = (c("ip_prefix").is_not_null() & (c("ip_prefix") != "")).fill_null(False) & ~explained
+        cap_ok = (c("capability").is_not_null() & (c("capability") != "")).fill_null(False)
+        has_tpl = c("template_id").is_not_null()
+        has_fp = c("fp").is_not_null()
+        has_content = c("reasoning").is_not_null() | c("grader").is_not_null()
+        taint = e._taint
+        frame = frame.select(
+            g_ip=pl.when(ip_ok).then(cat([lit("ip:"), c("acct")])),
+            m_ip=c("client_ip"),
+            g_pfx=pl.when(prefix_ok).then(cat([lit("pfx:"), c("ip_prefix"), lit("|"), c("pfx_b").cast(pl.String)])) if e._prefix_ms else null,
+            g_sip=pl.when(shared_ip).then(cat([lit("sip:"), c("client_ip"), lit("|"), c("sip_b").cast(pl.String)])) if e._ip_ms else null,
+            g_tpl=pl.when(has_tpl).then(cat([lit("tpl:"), c("template_id")])),
+            g_uag=pl.when((c("user_agent").is_not_null() & (c("user_agent") != "")).fill_null(False)).then(cat([lit("uag:"), c("user_agent")])) if e._track_ua else null,
+            g_pay=pl.when(has_fp).then(cat([lit("pay:"), c("fp")])),
+            g_paydom=pl.when(has_fp).then(cat([lit("paydom:"), c("fp")])),
+            m_paydom=c("domain"),
+            acct=c("acct"),
+            ts=c("ts"),
+            t_ip=pl.when(shared_ip).then(cat([lit(taint["ip"]), c("client_ip")])) if "ip" in taint else null,
+            t_tpl=pl.when(has_tpl).then(cat([lit(taint["template"]), c("template_id")])) if "template" in taint else null,
+            t_pay=pl.when(has_fp).then(cat([lit(taint["payment"]), c("fp")])) if "payment" in taint else null,
+            in_tok=c("input_tokens").fill_null(0.0),
+            out_tok=pl.when(c("output_tokens").is_not_null() & (c("output_tokens") != 0)).then(c("output_tokens")),
+            content_n=pl.when(has_content).then(lit(1.0)),
+            reasoning_sum=pl.when(has_content).then(c("reasoning").fill_null(0.0)),
+            grader_sum=pl.when(has_content).then(c("grader").fill_null(0.0)),
+            cap_name=pl.when(cap_ok).then(cat([lit("cap:"), c("capability")])),
+            cap_target=pl.when(cap_ok & c("capability").is_in(sorted(s.target_capabilities))).then(lit(1.0)),
+            # what Enforcer._observation puts in an exchange's link keys (known campaigns, peer indicators)
+            k_ip=pl.when(ip_ok).then(c("client_ip")), k_prefix=c("ip_prefix"), k_tpl=c("template_id"),
+            k_ua=pl.when((c("user_agent").is_not_null() & (c("user_agent") != "")).fill_null(False)).then(c("user_agent")),
+        )  # fmt: skip
+        fold = ExchangeColumns(
+            frame=frame,
+            account="acct",
+            ts_ms="ts",
+            counters={k: k for k in ("in_tok", "out_tok", "content_n", "reasoning_sum", "grader_sum", "cap_target")},
+            families=["cap_name", "g_tpl"],  # a template's counter field is its sketch key (tpl:<id>)
+            memberships=[("g_ip", "m_ip"), ("g_pfx", "acct"), ("g_sip", "acct"), ("g_tpl", "acct"),
+                         ("g_uag", "acct"), ("g_pay", "acct"), ("g_paydom", "m_paydom")],
+            reads=_READS,
+        )  # fmt: skip
+        taint_cols = [
+            (PROPAGATION_KINDS.index(kind), frame.get_column(name).to_list())
+            for kind, name in (("ip", "t_ip"), ("template", "t_tpl"), ("payment", "t_pay"))
+            if kind in taint
+        ]
+        present = [frame.get_column(name).is_not_null().to_numpy() for name in _MEMBERSHIPS]
+        return cls(n, accounts, ts.tolist(), fold, present, taint_cols, frame, table, fps, [None] * n, [None] * n)
+
+    def slice(self, start: int, length: int | None = None) -> _ReplayColumns:
+        """Rows ``start`` .. ``start + length`` (to the end by default), without recomputing anything."""
+        stop = self.n if length is None else min(self.n, start + length)
+        frame = self.frame.slice(start, stop - start)
+        fold = ExchangeColumns(
+            frame, self.fold.account, self.fold.ts_ms, self.fold.counters, self.fold.families, self.fold.memberships, self.fold.reads
+        )
+        return _ReplayColumns(
+            stop - start, self.accounts[start:stop], self.ts_ms[start:stop], fold, [m[start:stop] for m in self.present],
+            [(t, groups[start:stop]) for t, groups in self.taint], frame, self.table.slice(start, stop - start),
+            self.fps[start:stop], self.member_cid[start:stop], self.link_cid[start:stop],
+        )  # fmt: skip
+
+    def taint_refs(self) -> pl.DataFrame:
+        """Taint keys the batch's decisions may read or add to, at the earliest moment (``group``, ``key``)."""
+        row = pl.int_range(pl.len(), dtype=pl.Int64) * TOUCH_SLOTS + len(_MEMBERSHIPS)
+        parts = [
+            self.frame.select(pl.col(c).alias("group"), row.alias("key")).filter(pl.col("group").is_not_null())
+            for c in ("t_ip", "t_tpl", "t_pay")
+        ]
+        return pl.concat(parts)
+
+    @property
+    def n_memberships(self) -> int:
+        """How many sketch keys the batch names at most (memberships and taint keys, repeats included)."""
+        return sum(self.n - self.frame.get_column(name).null_count() for name in (*_MEMBERSHIPS, "t_ip", "t_tpl", "t_pay"))
+
+    def keys_of(self, i: int) -> dict[str, Any]:
+        """Exchange ``i``'s link keys, as :meth:`Enforcer._observation` builds them."""
+        if self._keys is None:
+            f = self.frame
+            self._keys = list(zip(*(f.get_column(k).to_list() for k in ("k_ip", "k_prefix", "g_sip", "k_tpl", "k_ua")), self.fps, strict=True))
+        ip, prefix, sip, tid, ua, fp = self._keys[i]
+        keys: dict[str, Any] = {"ip": ip, "prefix": prefix}
+        if sip is not None:
+            keys["sip"] = sip
+        if tid is not None:
+            keys["template"] = tid
+        if ua is not None:
+            keys["user_agent"] = ua
+        if fp is not None:
+            keys["payment"] = fp
+        return keys
+
+    def request_id(self, i: int) -> str:
+        if "request_id" not in self.table.column_names:
+            return ""
+        return str(self.table["request_id"][i].as_py() or "")
+
+
+
+def _touch_order(touched: pl.DataFrame, taint: list[tuple[int, str]]) -> list[str]:
+    """Every sketch a batch touched, in the order one-by-one updates touched them last (oldest first).
+
+    ``touched``: the fold's last addition per sketch (:attr:`Folded.touched`); ``taint``: the
+    taint additions after it, ``(row * TOUCH_SLOTS + position, group)``.
+    """
+    if taint:
+        extra = pl.DataFrame({"group": [g for _, g in taint], "key": [k for k, _ in taint]}, schema={"group": pl.String, "key": pl.Int64})
+        touched = pl.concat([touched, extra]).group_by("group").agg(pl.col("key").max())
+    order: list[str] = touched.sort("key").get_column("group").to_list()
+    return order
+
+
+#: Exchange fields the state update reads per row (content comes from the signals table).
+ROW_COLUMNS = ("request_id", "account_id", "ts", "client_ip", "input_tokens", "output_tokens", "user_agent", "api_key_id")
+
+
+def exchange_rows(batch: pa.Table) -> list[dict[str, Any]]:
+    """The state update's fields of a batch as dicts, ``ts`` as epoch milliseconds (columnar conversion)."""
+    cols = [c for c in ROW_COLUMNS if c in batch.column_names]
+    small = batch.select(cols)
+    if "ts" in cols and pa.types.is_timestamp(small.schema.field("ts").type):
+        small = small.set_column(
+            cols.index("ts"), "ts", pc.cast(pc.cast(small["ts"], pa.timestamp("ms", "UTC"), safe=False), pa.int64())
+        )
+    out: list[dict[str, Any]] = small.to_pylist()
+    return out
 
 
 class ScalarNetwork:

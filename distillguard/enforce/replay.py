@@ -1,10 +1,12 @@
 """Replay: feed a log directory through the online path in time order and write ``decisions.jsonl`` (contract §3).
 
 Exchanges are sorted by ``(ts, request_id)`` and cut into micro-batches; each batch's content
-signals are computed once, vectorised, then every exchange is folded into the embedded state in
-order and the batch is scored at once (see :mod:`distillguard.enforce.online`). A decision line
-is written each time an account's action changes. Rate limits are not applied: they run on the
-wall clock, and replay measures what the *actions* contain.
+signals are computed once, vectorised (per-prompt and per-address results carried over batches),
+in a thread one batch ahead, while :meth:`Enforcer.replay_batch` folds the current batch into the
+embedded state, scores it at once and takes its decisions in order — the decisions one check at
+a time would take (see :mod:`distillguard.enforce.online`). A decision line is written each time
+an account's action changes. Rate limits are not applied: they run on the wall clock, and replay
+measures what the *actions* contain.
 
 Known campaigns (``--campaigns RESULTDIR``, the output of an earlier ``detect``) are loaded
 before the first exchange, as a live service would hold them.
@@ -34,6 +36,7 @@ from distillguard.enforce.online import (
     ContentSignals,
     Decision,
     Enforcer,
+    exchange_rows,
 )
 from distillguard.enforce.settings import EnforceSettings
 
@@ -90,20 +93,9 @@ def sorted_batches(exchanges: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield ordered.slice(start, rows)
 
 
-#: Exchange fields the state update reads per row (content comes from the signals table).
-ROW_COLUMNS = ("request_id", "account_id", "ts", "client_ip", "input_tokens", "output_tokens", "user_agent", "api_key_id")
-
-
 def state_rows(batch: pa.Table) -> list[dict[str, Any]]:
-    """The state update's fields of a batch as dicts, ``ts`` as epoch milliseconds (columnar conversion)."""
-    cols = [c for c in ROW_COLUMNS if c in batch.column_names]
-    small = batch.select(cols)
-    if "ts" in cols and pa.types.is_timestamp(small.schema.field("ts").type):
-        small = small.set_column(
-            cols.index("ts"), "ts", pc.cast(pc.cast(small["ts"], pa.timestamp("ms", "UTC"), safe=False), pa.int64())
-        )
-    out: list[dict[str, Any]] = small.to_pylist()
-    return out
+    """The state update's fields of a batch as dicts, ``ts`` as epoch milliseconds (what :meth:`Enforcer.process` takes)."""
+    return exchange_rows(batch)
 
 
 def _signal_batches(batches: Iterator[pa.Table], content: ContentSignals | None) -> Iterator[tuple[pa.Table, Any]]:
@@ -150,9 +142,7 @@ def replay_table(
     ) as bar:  # fmt: skip
         task = bar.add_task("replay", total=exchanges.num_rows)
         for batch, signals in _signal_batches(sorted_batches(exchanges, batch_rows), content):
-            rows = state_rows(batch)
-            batch_metas = [metas.get(r["account_id"]) for r in rows]
-            changes = enforcer.process(rows, batch_metas, signals, limits=False, changes_only=True)
+            changes = enforcer.replay_batch(batch, signals, metas)
             fh.writelines(decision_line(d) for d in changes)
             n_dec += len(changes)
             bar.advance(task, batch.num_rows)
@@ -176,7 +166,7 @@ def replay(
     table = log.exchanges.to_table(columns=columns)
     cdir = Path(campaigns) if campaigns is not None else settings.campaigns_dir
     watcher = CampaignWatcher(cdir, settings.min_key_weight, reload_seconds=float("inf"))
-    content = BatchContentSignals(config, intel=log.ip_intel, capability_model=settings.capability_model)
+    content = BatchContentSignals(config, intel=log.ip_intel, capability_model=settings.capability_model, carry_over=True)
     enforcer = Enforcer(config, campaigns=watcher, settings=settings, intel=log.ip_intel)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

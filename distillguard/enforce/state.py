@@ -8,9 +8,13 @@ exchange changes is applied in one step (a Lua script on Redis: one round trip, 
 several service processes sharing a Redis see one consistent state.
 
 Memory is bounded: the memory backend keeps at most ``max_accounts`` accounts and
-``max_sketch_keys`` sketches (least recently used evicted); a sketch is an exact set until it
-holds :data:`EXACT_LIMIT` members and a HyperLogLog (``datasketch``) after that. On Redis,
-sketches are Redis's own HyperLogLogs (PFADD / PFCOUNT) and every key carries a TTL.
+``max_sketch_keys`` sketches (least recently used evicted; inside a replay batch, sketches
+created by the batch wait for :meth:`MemoryState.settle` at its end); a sketch is an exact set
+until it holds :data:`EXACT_LIMIT` members and a HyperLogLog (``datasketch``) after that. On
+Redis, sketches are Redis's own HyperLogLogs (PFADD / PFCOUNT) and every key carries a TTL.
+
+Replay folds a whole batch at once (:meth:`MemoryState.fold`: columnar, the same state and
+answers as one exchange at a time); see the comment above it for how evictions stay exact.
 
 Exception tree::
 
@@ -21,14 +25,18 @@ Exception tree::
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import json
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+import polars as pl
 import redis
 from datasketch import HyperLogLog
 from datasketch.hashfunc import sha1_hash32
@@ -160,14 +168,17 @@ class _Sketch:
         # lags by fewer than REESTIMATE_EVERY additions changes no threshold that matters.
         if self.estimate == 0 or self.stale >= REESTIMATE_EVERY:
             if self.dirty or self.estimate == 0:  # unchanged registers give the same estimate
-                assert self.hll is not None
-                with warnings.catch_warnings():
-                    # datasketch warns near its bias-correction threshold; the estimate is still usable.
-                    warnings.simplefilter("ignore", UserWarning)
-                    self.estimate = max(EXACT_LIMIT, round(float(self.hll.count())))
-                self.dirty = False
+                self._reestimate()
             self.stale = 0
         return self.estimate
+
+    def _reestimate(self) -> None:
+        assert self.hll is not None
+        with warnings.catch_warnings():
+            # datasketch warns near its bias-correction threshold; the estimate is still usable.
+            warnings.simplefilter("ignore", UserWarning)
+            self.estimate = max(EXACT_LIMIT, round(float(self.hll.count())))
+        self.dirty = False
 
     def count(self) -> int:
         """Current estimate without adding anything."""
@@ -194,21 +205,82 @@ def apply_counters(counters: dict[str, float], increments: Mapping[str, float]) 
         top = TOP_FAMILIES.get(name[:4])
         if top is None:
             counters[name] = counters.get(name, 0.0) + inc
-            continue
-        value = counters.get(name)
-        if value is None:
-            prefix = name[:4]
-            seen = counters.get("#" + prefix, 0.0)
-            if seen >= MAX_FAMILY_FIELDS:
-                other = prefix + "~other"
-                counters[other] = counters.get(other, 0.0) + inc
-                continue
-            counters["#" + prefix] = seen + 1.0
-            value = inc
         else:
-            value += inc
-        counters[name] = value
-        counters[top] = max(counters.get(top, 0.0), value)
+            _apply_family(counters, name, inc, top)
+
+
+def _apply_family(counters: dict[str, float], name: str, inc: float, top: str) -> None:
+    """One increment of a family field (see :func:`apply_counters`)."""
+    value = counters.get(name)
+    if value is None:
+        prefix = name[:4]
+        seen = counters.get("#" + prefix, 0.0)
+        if seen >= MAX_FAMILY_FIELDS:
+            other = prefix + "~other"
+            counters[other] = counters.get(other, 0.0) + inc
+            return
+        counters["#" + prefix] = seen + 1.0
+        value = inc
+    else:
+        value += inc
+    counters[name] = value
+    counters[top] = max(counters.get(top, 0.0), value)
+
+
+@dataclass(frozen=True)
+class ExchangeColumns:
+    """A batch of exchanges to fold in arrival order: one row of ``frame`` per exchange.
+
+    Each exchange counts once (``n``, ``first_ms``, ``last_ms``) and adds its ``counters``
+    (Float64 columns; null: not incremented), one to the field named in each ``families`` column
+    (String, e.g. ``cap:coding``; null: none), and, per ``memberships`` column pair in order, its
+    member to its group's sketch (null group or member: none). ``reads`` are counters returned
+    as they stand after each exchange: ``n``, the ``counters``, or a family maximum (``cap_top``).
+    """
+
+    frame: pl.DataFrame
+    account: str  # String column
+    ts_ms: str  # Int64 column, epoch milliseconds
+    counters: Mapping[str, str]  # counter -> column; no family fields
+    families: Sequence[str]
+    memberships: Sequence[tuple[str, str]]  # (group column, member column)
+    reads: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What :meth:`MemoryState.fold` returns, per exchange: the view, the read counters, the sketch counts."""
+
+    views: list[AccountView]  # the stored object, current at that exchange (later updates included)
+    values: np.ndarray  # (exchanges, reads): the ``reads`` after each exchange
+    counts: np.ndarray  # (exchanges, memberships), int64: the group's count after the addition; 0 where none
+    touched: pl.DataFrame  # ``group``, ``key`` = row * TOUCH_SLOTS + membership index of each sketch's last addition
+
+
+#: Positions per exchange in the touch keys of :class:`Folded` (memberships first; later positions
+#: are free for additions the caller makes after the fold, e.g. taint).
+TOUCH_SLOTS = 16
+
+
+def additions(batch: ExchangeColumns) -> pl.DataFrame:
+    """Every sketch addition of a batch in order: ``key`` (row * TOUCH_SLOTS + membership index), ``group``, ``member``."""
+    if len(batch.memberships) > TOUCH_SLOTS // 2:
+        raise ValueError(f"fold: at most {TOUCH_SLOTS // 2} membership columns")
+    row = pl.int_range(pl.len(), dtype=pl.Int64) * TOUCH_SLOTS
+    parts = [
+        batch.frame.select(
+            (row + j).alias("key"), pl.col(g).cast(pl.String).alias("group"), pl.col(m).cast(pl.String).alias("member")
+        ).filter(pl.col("group").is_not_null() & pl.col("member").is_not_null())
+        for j, (g, m) in enumerate(batch.memberships)
+    ]
+    if not parts:
+        return pl.DataFrame(schema={"key": pl.Int64, "group": pl.String, "member": pl.String})
+    return pl.concat(parts).sort("key")
+
+
+def _last_touches(adds: pl.DataFrame) -> pl.DataFrame:
+    """Each sketch's last addition (``group``, ``key``); an empty member only reads."""
+    return adds.filter(pl.col("member") != COUNT_ONLY).group_by("group").agg(pl.col("key").max())
 
 
 class MemoryState:
@@ -277,6 +349,503 @@ class MemoryState:
                 sketches.move_to_end(group)
             counts[group] = sketch.add(member)
         return view, counts
+
+    # -- batches (replay): everything that does not depend on decisions first ------------
+    #
+    # A batch is folded at once (:meth:`fold`), then decided exchange by exchange by the caller,
+    # which may read (:meth:`peek`) and add to (:meth:`add_deferred`) the sketches whose content
+    # depends on the decisions (taint). Sketch evictions wait until :meth:`settle`, which leaves
+    # the same LRU order and the same survivors as one-by-one updates (the LRU keeps the most
+    # recently touched keys, whenever it evicts). Near the cap the caller first asks
+    # :meth:`plan_evictions` which sketches one by one would evict before the batch uses them,
+    # drops those (:meth:`drop`) and stops the batch where that depends on decisions: so every
+    # read inside the batch is the one-by-one read.
+
+    def fold(self, batch: ExchangeColumns, adds: pl.DataFrame | None = None) -> Folded:
+        """Fold a batch of exchanges in order, with the same state and answers as :meth:`observe_live` one at a time.
+
+        Columnar (per-account cumulative sums, first-occurrence counts of exact sketches; only
+        HyperLogLog sketches are updated an addition at a time, their estimate being refreshed
+        every :data:`REESTIMATE_EVERY` additions) unless an account would be evicted inside the
+        batch or the batch has what only the row loop handles. Sketches are not evicted before
+        :meth:`settle`, and their LRU order is only right once it has run.
+        """
+        adds = additions(batch) if adds is None else adds
+        with self._lock:
+            folded = self._fold_columns(batch, adds)
+            return folded if folded is not None else self._fold_rows(batch, adds)
+
+    def _fold_rows(self, batch: ExchangeColumns, adds: pl.DataFrame) -> Folded:
+        """The reference fold: the row loop of :meth:`_observe`, without sketch evictions."""
+        f = batch.frame
+        n = f.height
+        plain_names = list(batch.counters)
+        none_row: tuple[None, ...] = ()
+        incs = zip(*(f.get_column(c).to_list() for c in batch.counters.values()), strict=True) if plain_names else itertools.repeat(none_row, n)
+        fams = zip(*(f.get_column(c).to_list() for c in batch.families), strict=True) if batch.families else itertools.repeat(none_row, n)
+        groups = zip(*(f.get_column(g).to_list() for g, _ in batch.memberships), strict=True) if batch.memberships else itertools.repeat(none_row, n)
+        members = zip(*(f.get_column(m).to_list() for _, m in batch.memberships), strict=True) if batch.memberships else itertools.repeat(none_row, n)
+        read_names = tuple(batch.reads)
+        zeros = (0.0,) * len(read_names)
+        views: list[AccountView] = []
+        values: list[tuple[float, ...]] = []
+        counts: list[list[int]] = []
+        accounts, sketches = self._accounts, self._sketches
+        max_accounts, p = self.max_accounts, self.p
+        for account, ts_ms, row_incs, row_fams, row_groups, row_members in zip(
+            f.get_column(batch.account).to_list(), f.get_column(batch.ts_ms).to_list(), incs, fams, groups, members, strict=True
+        ):
+            view = accounts.get(account)
+            if view is None:
+                view = AccountView(account)
+                accounts[account] = view
+                if len(accounts) > max_accounts:
+                    accounts.popitem(last=False)
+            else:
+                accounts.move_to_end(account)
+            c = view.counters
+            c["n"] = c.get("n", 0.0) + 1.0
+            for name, inc in zip(plain_names, row_incs, strict=True):
+                if inc is not None:
+                    apply_counters(c, {name: inc})
+            for field_name in row_fams:
+                if field_name is not None:
+                    apply_counters(c, {field_name: 1.0})
+            first, last = view.first_ms, view.last_ms
+            view.first_ms = ts_ms if first is None else min(first, ts_ms)
+            view.last_ms = ts_ms if last is None else max(last, ts_ms)
+            row_counts = []
+            for group, member in zip(row_groups, row_members, strict=True):
+                if group is None or member is None:
+                    row_counts.append(0)
+                    continue
+                sketch = sketches.get(group)
+                if member == COUNT_ONLY:
+                    row_counts.append(0 if sketch is None else sketch.count())
+                    continue
+                if sketch is None:
+                    sketch = _Sketch(p)
+                    sketches[group] = sketch
+                else:
+                    sketches.move_to_end(group)
+                row_counts.append(sketch.add(member))
+            counts.append(row_counts)
+            values.append(tuple(map(c.get, read_names, zeros)))
+            views.append(view)
+        return Folded(
+            views,
+            np.array(values, dtype=np.float64).reshape(n, len(read_names)),
+            np.array(counts, dtype=np.int64).reshape(n, len(batch.memberships)),
+            _last_touches(adds),
+        )
+
+    def _fold_columns(self, batch: ExchangeColumns, adds: pl.DataFrame) -> Folded | None:
+        """The columnar fold, or None when only the row loop gives the one-by-one answer."""
+        f = batch.frame
+        n = f.height
+        accounts = self._accounts
+        acct = f.get_column(batch.account)
+        acct_list: list[str] = acct.to_list()
+        uniq: list[str] = acct.unique(maintain_order=True).to_list()
+        if len(accounts) + sum(1 for a in uniq if a not in accounts) > self.max_accounts:
+            return None  # an account is evicted inside the batch: the row loop evicts it when one by one would
+        if "n" in batch.counters or any(k[:4] in TOP_FAMILIES for k in batch.counters):
+            return None
+        if adds.height and (adds.get_column("member") == COUNT_ONLY).any():
+            return None
+        fams: list[tuple[str, str, str]] = []  # (column, prefix, maximum)
+        for col in batch.families:
+            fields = f.get_column(col).drop_nulls()
+            if fields.len() == 0:
+                continue
+            prefixes = fields.str.slice(0, 4).unique().to_list()
+            if len(prefixes) != 1 or prefixes[0] not in TOP_FAMILIES or any(prefixes[0] == p for _, p, _ in fams):
+                return None
+            if (fields == prefixes[0] + "~other").any():
+                return None
+            fams.append((col, prefixes[0], TOP_FAMILIES[prefixes[0]]))
+        tops = set(TOP_FAMILIES.values())
+        if any(r != "n" and r not in batch.counters and r not in tops for r in batch.reads):
+            return None
+
+        # Accounts: the views (new ones created), in the order each exchange sees them.
+        views_by: dict[str, AccountView] = {}
+        for a in uniq:
+            view = accounts.get(a)
+            if view is None:
+                view = AccountView(a)
+                accounts[a] = view
+            views_by[a] = view
+        views = [views_by[a] for a in acct_list]
+        counters = [views_by[a].counters for a in uniq]
+        at = acct.replace_strict(uniq, list(range(len(uniq))), return_dtype=pl.Int64).to_numpy()  # row -> uniq index
+
+        # Counters: cumulative sums per account, each starting from the stored value, so the
+        # additions happen in the same order (and give the same floats) as one by one.
+        names = ["n", *batch.counters]
+        prior = np.array([[c.get(k, 0.0) for k in names] for c in counters], dtype=np.float64).reshape(len(uniq), len(names))
+        had = [[k in c for k in names] for c in counters]
+        cols = [f"c{j}" for j in range(len(names))]
+        head = pl.DataFrame({"_a": pl.Series(uniq, dtype=pl.String), **{c: prior[:, j] for j, c in enumerate(cols)}})
+        body = f.select(
+            pl.col(batch.account).cast(pl.String).alias("_a"),
+            pl.lit(1.0, dtype=pl.Float64).alias("c0"),
+            *(pl.col(col).cast(pl.Float64).fill_null(0.0).alias(cols[j + 1]) for j, col in enumerate(batch.counters.values())),
+        )
+        cum = pl.concat([head, body]).select(pl.col(c).cum_sum().over("_a") for c in cols).slice(len(uniq)).to_numpy()
+        per_account = f.select(
+            pl.col(batch.account).cast(pl.String).alias("_a"),
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
+            pl.col(batch.ts_ms).alias("_ts"),
+            *(pl.col(col).is_not_null().alias(f"h{j + 1}") for j, col in enumerate(batch.counters.values())),
+        ).group_by("_a").agg(
+            pl.col("_i").max().alias("_last"), pl.col("_ts").min().alias("_lo"), pl.col("_ts").max().alias("_hi"),
+            *(pl.col(f"h{j + 1}").any() for j in range(len(batch.counters))),
+        )  # fmt: skip
+
+        # Family fields (cap:*, tpl:*): which are admitted under MAX_FAMILY_FIELDS, their running
+        # counts, and each account's running maximum.
+        top_reads: dict[str, np.ndarray] = {}
+        for col, prefix, top in fams:
+            before = np.array([c.get(top, 0.0) for c in counters], dtype=np.float64)[at]
+            rows = f.select(
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"), pl.col(batch.account).cast(pl.String).alias("_a"), pl.col(col).alias("_f")
+            ).filter(pl.col("_f").is_not_null())
+            rows = rows.with_columns((pl.int_range(pl.len(), dtype=pl.Int64).over(["_a", "_f"]) + 1).alias("_k"))
+            pairs = rows.group_by(["_a", "_f"], maintain_order=True).agg(pl.col("_i").min().alias("_first"), pl.len().alias("_cnt"))
+            # Per account, fields in the order they first appear: one by one admits a new field while
+            # fewer than MAX_FAMILY_FIELDS are held, and pools the rest in <family>~other.
+            admitted: list[bool] = []
+            base: list[float] = []
+            seen_key, other = "#" + prefix, prefix + "~other"
+            for a, name, cnt in pairs.select("_a", "_f", "_cnt").iter_rows():
+                c = views_by[a].counters
+                value = c.get(name)
+                if value is None:
+                    seen = c.get(seen_key, 0.0)
+                    if seen >= MAX_FAMILY_FIELDS:
+                        c[other] = c.get(other, 0.0) + cnt
+                        admitted.append(False)
+                        base.append(0.0)
+                        continue
+                    c[seen_key] = seen + 1.0
+                    value = 0.0
+                admitted.append(True)
+                base.append(value)
+                c[name] = value + cnt
+                c[top] = max(c.get(top, 0.0), value + cnt)
+            info = pl.DataFrame({"_first": pairs.get_column("_first"), "_adm": admitted, "_base": base}, schema={"_first": pl.Int64, "_adm": pl.Boolean, "_base": pl.Float64})
+            hit = (
+                rows.with_columns(pl.col("_i").min().over(["_a", "_f"]).alias("_first"))
+                .join(info, on="_first", how="left")
+                .filter(pl.col("_adm"))
+                .select("_i", (pl.col("_base") + pl.col("_k").cast(pl.Float64)).alias("_v"))
+            )
+            v = np.full(n, -np.inf)
+            v[hit.get_column("_i").to_numpy()] = hit.get_column("_v").to_numpy()
+            running = pl.DataFrame({"_a": acct, "_v": v}).select(pl.col("_v").cum_max().over("_a")).to_series().to_numpy()
+            top_reads[top] = np.where(running > before, running, before)
+
+        # Sketches: an exact set's count is its size so far, so it only needs which additions are
+        # new members; a HyperLogLog (or a set that becomes one in this batch) goes addition by addition.
+        counts = np.zeros((n, len(batch.memberships)), dtype=np.int64)
+        if adds.height:
+            self._fold_sketches(adds, counts)
+
+        values = np.empty((n, len(batch.reads)), dtype=np.float64)
+        for k, name in enumerate(batch.reads):
+            if name in names:
+                values[:, k] = cum[:, names.index(name)]
+            elif name in top_reads:
+                values[:, k] = top_reads[name]
+            else:  # a maximum no field of this batch feeds
+                values[:, k] = np.array([c.get(name, 0.0) for c in counters], dtype=np.float64)[at]
+
+        # Write back what one-by-one updates leave: counters, first/last, family fields, LRU order.
+        position = {a: j for j, a in enumerate(uniq)}
+        for a, last, lo, hi, *had_inc in per_account.iter_rows():
+            j = position[a]
+            view = views_by[a]
+            c = view.counters
+            final = cum[last].tolist()
+            c["n"] = final[0]
+            for k in range(1, len(names)):
+                if had[j][k] or had_inc[k - 1]:  # a counter exists once something was added to it
+                    c[names[k]] = final[k]
+            first, last_ms = view.first_ms, view.last_ms
+            view.first_ms = lo if first is None else min(first, lo)
+            view.last_ms = hi if last_ms is None else max(last_ms, hi)
+        for a in per_account.sort("_last").get_column("_a").to_list():
+            accounts.move_to_end(a)
+        return Folded(views, values, counts, _last_touches(adds))
+
+    def _fold_sketches(self, adds: pl.DataFrame, counts: np.ndarray) -> None:
+        """The sketch part of :meth:`_fold_columns`: ``counts[row, membership]`` of every addition."""
+        sketches, p = self._sketches, self.p
+        prior: dict[str, str | set[str]] = {}
+        size: dict[str, int] = {}
+        sequential: list[str] = []  # addition by addition (sets that become HyperLogLogs in this batch)
+        hll: list[str] = []  # HyperLogLogs already
+        for g in adds.get_column("group").unique().to_list():
+            sketch = sketches.get(g)
+            if sketch is None:
+                size[g] = 0
+            elif sketch.exact is None:
+                (hll if sketch.estimate else sequential).append(g)
+            else:
+                held = sketch.exact
+                prior[g] = held
+                size[g] = (1 if held else 0) if isinstance(held, str) else len(held)
+        adds = adds.with_columns(pl.struct("group", "member").is_first_distinct().alias("_first"))
+        if hll:
+            self._fold_hll(adds.filter(pl.col("group").is_in(hll)), hll, counts)
+            adds = adds.filter(~pl.col("group").is_in(hll))
+            if adds.height == 0:
+                return
+        firsts = adds.filter(pl.col("_first") & ~pl.col("group").is_in(sequential))
+        # Only a first addition to a set held before the batch may be a member it already has.
+        known = firsts.filter(pl.col("group").is_in(list(prior)))
+        held_before = [
+            (had == m if isinstance(had, str) else m in had)
+            for g, m in zip(known.get_column("group").to_list(), known.get_column("member").to_list(), strict=True)
+            for had in (prior[g],)
+        ]
+        firsts = firsts.join(
+            known.select("key", pl.Series("_held", held_before, dtype=pl.Boolean)), on="key", how="left"
+        ).with_columns((~pl.col("_held").fill_null(False)).alias("_new"))
+        # A set that reaches EXACT_LIMIT in this batch becomes a HyperLogLog: addition by addition.
+        grows = firsts.group_by("group").agg(pl.col("_new").sum().alias("_n"))
+        crossing = [g for g, k in grows.iter_rows() if size[g] + k >= EXACT_LIMIT]
+        sequential += crossing
+        running = (
+            adds.filter(~pl.col("group").is_in(sequential))
+            .join(firsts.select("key", "_new"), on="key", how="left")
+            .sort("key")
+            .select(
+                "key",
+                (pl.col("group").replace_strict(size, return_dtype=pl.Int64)
+                 + pl.col("_new").fill_null(False).cast(pl.Int64).cum_sum().over("group")).alias("_count"),
+            )
+        )  # fmt: skip
+        keys = running.get_column("key").to_numpy()
+        counts[keys // TOUCH_SLOTS, keys % TOUCH_SLOTS] = running.get_column("_count").to_numpy()
+        grown = (
+            firsts.filter(pl.col("_new") & ~pl.col("group").is_in(crossing))
+            .group_by("group", maintain_order=True)
+            .agg(pl.col("member"))
+        )
+        for g, members in grown.iter_rows():
+            sketch = sketches.get(g)
+            if sketch is None:
+                sketch = _Sketch(p)
+                sketches[g] = sketch
+            current = sketch.exact
+            if isinstance(current, str):
+                members = [current, *members] if current else members
+                sketch.exact = members[0] if len(members) == 1 else set(members)
+            else:
+                assert current is not None
+                current.update(members)
+        seq = adds.filter(pl.col("group").is_in(sequential))
+        for key, g, m in zip(seq.get_column("key").to_list(), seq.get_column("group").to_list(), seq.get_column("member").to_list(), strict=True):
+            sketch = sketches.get(g)
+            if sketch is None:
+                sketch = _Sketch(p)
+                sketches[g] = sketch
+            counts[key // TOUCH_SLOTS, key % TOUCH_SLOTS] = sketch.add(m)
+
+    def _fold_hll(self, adds: pl.DataFrame, groups: list[str], counts: np.ndarray) -> None:
+        """Additions to sketches that are HyperLogLogs already: :meth:`_Sketch.add`'s answers and end state, columnar.
+
+        An addition raises a register if its rank beats the register as it stood (before the
+        batch, or raised earlier in it); every REESTIMATE_EVERY-th addition re-estimates if a
+        register moved since the last one, with datasketch's own count on the registers as they
+        stand at that addition. Only those re-estimates run one at a time.
+        """
+        sketches, p, every = self._sketches, self.p, REESTIMATE_EVERY
+        members = adds.get_column("member").unique().to_list()
+        slots = [_hll_slot(m, p) for m in members]
+        sk = [sketches[g] for g in groups]
+        regs = [s.hll.reg for s in sk]  # type: ignore[union-attr]
+        reg0 = np.stack(regs).astype(np.int64)
+        stale0 = np.array([s.stale for s in sk], dtype=np.int64)
+        e = (
+            adds.join(
+                pl.DataFrame({"member": members, "_idx": [s[0] for s in slots], "_rank": [s[1] for s in slots]},
+                             schema={"member": pl.String, "_idx": pl.Int64, "_rank": pl.Int64}),
+                on="member", how="left",
+            )
+            .with_columns(pl.col("group").replace_strict(groups, list(range(len(groups))), return_dtype=pl.Int64).alias("_g"))
+            .sort(["_g", "key"])
+            .with_columns(
+                pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("_g").alias("_k"),
+                pl.col("_rank").cum_max().shift(1).over(["_g", "_idx"]).fill_null(-1).alias("_prev"),
+            )
+        )  # fmt: skip
+        g_of = e.get_column("_g").to_numpy()
+        idx = e.get_column("_idx").to_numpy()
+        rank = e.get_column("_rank").to_numpy()
+        k = e.get_column("_k").to_numpy()
+        raised = rank > np.maximum(reg0[g_of, idx], e.get_column("_prev").to_numpy())
+        st = stale0[g_of]
+        segment = (st + k - 1) // every  # re-estimates strictly before this addition
+        check = (st + k) % every == 0
+        start = np.searchsorted(g_of, np.arange(len(groups)))  # each sketch's first addition (sorted by sketch)
+        end = np.append(start[1:], len(g_of))
+        # A re-estimate runs if a register moved since the previous one (or before the batch, for the first).
+        seg_key = g_of * (int(k.max()) + 1) + segment
+        uniq_seg, inverse = np.unique(seg_key, return_inverse=True)
+        seg_moved = np.zeros(len(uniq_seg), dtype=bool)
+        np.logical_or.at(seg_moved, inverse, raised)
+        moved = seg_moved[inverse]
+        dirty0 = np.array([s.dirty for s in sk], dtype=bool)
+        moved |= (segment == 0) & dirty0[g_of]
+        est0 = np.array([s.estimate for s in sk], dtype=np.int64)
+        rerun = np.flatnonzero(check & moved)
+        answer = np.full(len(g_of), -1, dtype=np.int64)
+        done = start.copy()  # additions already applied to each sketch's registers
+        for pos in rerun.tolist():
+            g = int(g_of[pos])
+            lo = int(done[g])
+            np.maximum.at(regs[g], idx[lo : pos + 1], rank[lo : pos + 1].astype(regs[g].dtype))
+            done[g] = pos + 1
+            sk[g]._reestimate()
+            answer[pos] = sk[g].estimate
+        # Each addition answers the estimate as of the sketch's last re-estimate (before the batch if none).
+        at = np.arange(len(g_of))
+        last = np.maximum.accumulate(np.where(answer >= 0, at, -1))
+        answer = np.where(last >= start[g_of], answer[np.maximum(last, 0)], est0[g_of])
+        keys = e.get_column("key").to_numpy()
+        counts[keys // TOUCH_SLOTS, keys % TOUCH_SLOTS] = answer
+        for g, sketch in enumerate(sk):
+            lo, hi = int(start[g]), int(end[g])
+            np.maximum.at(regs[g], idx[done[g] : hi], rank[done[g] : hi].astype(regs[g].dtype))
+            total = int(stale0[g]) + hi - lo
+            checks = total // every
+            # dirty: a register moved after the last re-estimate point (or at all, if none came)
+            after = lo + checks * every - int(stale0[g]) if checks else lo
+            sketch.dirty = bool(raised[after:hi].any()) or (checks == 0 and bool(dirty0[g]))
+            sketch.stale = total % every
+
+    def peek(self, group: str) -> int:
+        """A sketch's count, neither adding to it nor refreshing its place (the empty member of :meth:`observe`)."""
+        with self._lock:
+            sketch = self._sketches.get(group)
+            return 0 if sketch is None else sketch.count()
+
+    def add_deferred(self, group: str, member: str) -> int:
+        """Add a member during a batch: nothing is evicted, and the LRU order is left to :meth:`settle`."""
+        with self._lock:
+            sketch = self._sketches.get(group)
+            if sketch is None:
+                sketch = _Sketch(self.p)
+                self._sketches[group] = sketch
+            elif sketch.exact == member:  # _Sketch.add's answer for its one member, without the call
+                return 1
+            return sketch.add(member)
+
+    def present(self, groups: Iterable[str]) -> set[str]:
+        """The given sketch keys that exist."""
+        with self._lock:
+            sketches = self._sketches
+            return {g for g in groups if g in sketches}
+
+    def settle(self, order: Iterable[str] = ()) -> None:
+        """End a batch: make the given sketches newest in that order (oldest first), then evict down to the cap."""
+        with self._lock:
+            sketches = self._sketches
+            move = sketches.move_to_end
+            for group in order:
+                move(group)
+            while len(sketches) > self.max_sketch_keys:
+                sketches.popitem(last=False)
+
+    def plan_evictions(self, adds: pl.DataFrame, taint: pl.DataFrame) -> tuple[dict[str, int], int | None]:
+        """Which sketches one-by-one updates evict before a batch first uses them, as far as that is settled.
+
+        ``adds``: the batch's additions (:func:`additions`); ``taint``: keys the decisions may read
+        or add to (``group``, ``key`` of the earliest moment) — whether they are created or touched
+        depends on the decisions. Evictions follow insertions beyond the cap, oldest first,
+        skipping sketches already touched in the batch; a sketch evicted before its first use
+        comes back empty at that use, one more insertion. The frontier is simulated with no taint
+        insertion and with every possible one at its earliest; more insertions only evict more
+        and sooner, so a sketch both evict before its first use is evicted, and one neither does
+        is not.
+
+        Returns ``(evicted, undecided)``: the sketches evicted before their first use (-> that
+        use's key) and the key of the first use whose fate the decisions could change (None: all
+        settled). Up to ``undecided``, dropping those sketches now and deferring every other
+        eviction to :meth:`settle` reads exactly what one by one would.
+        """
+        with self._lock:
+            sketches = self._sketches
+            cap = self.max_sketch_keys
+            first = adds.group_by("group").agg(pl.col("key").min())
+            tfirst = taint.group_by("group").agg(pl.col("key").min())
+            if first.height + tfirst.height >= cap:
+                return {}, 0  # the batch's own sketches could be evicted within it
+            if len(sketches) + first.height + tfirst.height <= cap:
+                return {}, None
+            used: dict[str, int] = {}
+            new: list[int] = []
+            for g, t in first.iter_rows():
+                if g in sketches:
+                    used[g] = t
+                else:
+                    new.append(t)
+            held_taint: set[str] = set()
+            new_taint: list[int] = []
+            for g, t in tfirst.iter_rows():
+                if g in sketches:
+                    held_taint.add(g)
+                else:
+                    new_taint.append(t)
+            fewest, stop_f = self._frontier(sorted(new), used, held_taint)
+            most, stop_m = self._frontier(sorted(new + new_taint), used, held_taint)
+            unsettled = [t for k, t in most.items() if k not in fewest] + [t for k, t in fewest.items() if k not in most]
+            undecided = min([*unsettled, *(s for s in (stop_f, stop_m) if s is not None)], default=None)
+            return {k: t for k, t in fewest.items() if k in most and (undecided is None or t < undecided)}, undecided
+
+    def _frontier(
+        self, inserts: list[int], used: Mapping[str, int], taint: Collection[str]
+    ) -> tuple[dict[str, int], int | None]:
+        """Sketches evicted before their first use when new ones arrive at ``inserts``, and where the simulation had to stop.
+
+        It stops at an eviction that reaches a taint key (whether decisions touched it first
+        decides what is evicted from then on).
+        """
+        sketches = self._sketches
+        cap = self.max_sketch_keys
+        queue = list(inserts)  # sorted: a valid heap
+        length = len(sketches)
+        oldest = iter(sketches)
+        evicted: dict[str, int] = {}
+        while queue:
+            t = heapq.heappop(queue)
+            length += 1
+            if length <= cap:
+                continue
+            for key in oldest:
+                if key in taint:
+                    return evicted, t
+                first_use = used.get(key)
+                if first_use is None:
+                    break  # not used in the batch: evicted, unseen
+                if first_use < t:
+                    continue  # already touched: no longer among the oldest
+                evicted[key] = first_use
+                heapq.heappush(queue, first_use)  # comes back empty when first used
+                break
+            else:
+                return evicted, t
+            length -= 1
+        return evicted, None
+
+    def drop(self, groups: Iterable[str]) -> None:
+        """Remove sketches (ones :meth:`plan_evictions` found evicted before their first use)."""
+        with self._lock:
+            for g in groups:
+                self._sketches.pop(g, None)
 
     def get(self, account_id: str) -> AccountView | None:
         with self._lock:

@@ -73,6 +73,11 @@ def _is_local_master(master: str) -> bool:
     return master.startswith("local")
 
 
+def _under_spark_submit() -> bool:
+    """This driver was started by spark-submit (PySpark then joins the JVM spark-submit runs)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def _local_session(master: str, conf: Mapping[str, str]) -> Any:
     from pyspark.sql import SparkSession
 
@@ -90,8 +95,10 @@ def _local_session(master: str, conf: Mapping[str, str]) -> Any:
 class SparkEngine:
     """Registers inputs as Spark tables and materialises Ibis expressions back to Arrow.
 
-    ``session``: a running ``SparkSession`` (spark-submit's); else the active one; else a local
-    session on ``master`` (``local[*]`` by default) with :data:`LOCAL_CONF` plus ``conf``.
+    ``session``: a running ``SparkSession``; else the active one; else, under spark-submit, the
+    session its ``--master``/``--conf`` describe; else a local session on ``master``
+    (``local[*]`` by default) with :data:`LOCAL_CONF` plus ``conf``. A session the engine
+    started is stopped by :meth:`close`.
     ``stage_dir``: where inputs Spark cannot read in place are written (default: the session's
     ``spark.distillguard.stageDir``, else a local temporary directory removed by :meth:`close`).
     """
@@ -109,6 +116,10 @@ class SparkEngine:
         self._owns_session = False
         if session is None:
             session = SparkSession.getActiveSession()
+        if session is None and master is None and _under_spark_submit():
+            # spark-submit's --master and --conf decide; the local settings would override them.
+            session = SparkSession.builder.getOrCreate()
+            self._owns_session = True
         if session is None:
             session = _local_session(
                 master or os.environ.get("DISTILLGUARD_SPARK_MASTER", "local[*]"), conf or {}
@@ -134,6 +145,7 @@ class SparkEngine:
             self.stage_dir if "://" in self.stage_dir else str(Path(self.stage_dir).resolve())
         )
         self._names: set[str] = set()
+        self._staged: list[str] = []
         self._scratch: Path | None = None
 
     @property
@@ -142,13 +154,14 @@ class SparkEngine:
 
         With a local stage directory it lives inside it (read in place); with a remote one it
         is a local temporary directory, and :meth:`table` copies what it holds to the stage.
+        Either way it is this engine's own (runs may share a stage directory) until :meth:`close`.
         """
         if self._scratch is None:
             if "://" in self.stage_dir:
                 self._scratch = Path(tempfile.mkdtemp(prefix="distillguard-spark-scratch-"))
             else:
-                self._scratch = Path(self.stage_dir) / "scratch"
-                self._scratch.mkdir(parents=True, exist_ok=True)
+                Path(self.stage_dir).mkdir(parents=True, exist_ok=True)
+                self._scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=self.stage_dir))
         return self._scratch
 
     # ------------------------------------------------------------------ Engine protocol
@@ -192,14 +205,25 @@ class SparkEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Drop the tables, remove a temporary stage directory, stop a session this engine started."""
+        """Drop the tables and cached results, remove what was staged (a temporary stage directory
+        whole), stop a session this engine started."""
         for name in self._names:
             with contextlib.suppress(Exception):
                 self.session.catalog.dropTempView(name)
         self._names.clear()
+        # Unpersist what cache() kept, as CachedTable.release() would (and so no finalizer
+        # later reaches for a session that has stopped).
+        for name in list(getattr(self.backend, "_cache_name_to_entry", {})):
+            with contextlib.suppress(Exception):
+                self.backend._finalize_cached_table(name)
         if self._owns_stage:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
-        if self._scratch is not None and "://" in self.stage_dir:
+        else:  # a shared stage directory (a cluster's): remove only this engine's inputs
+            for target in self._staged:
+                with contextlib.suppress(OSError):
+                    self._fs.delete_dir(target)
+        self._staged.clear()
+        if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         if self._owns_session:
             self.session.stop()
@@ -240,6 +264,7 @@ class SparkEngine:
             max_rows_per_group=250_000,
             existing_data_behavior="error",
         )
+        self._staged.append(target)
         if "://" in self.stage_dir:
             scheme = self.stage_dir.split("://", 1)[0]
             return f"{scheme}://{target}" if not target.startswith(f"{scheme}://") else target

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +19,10 @@ from typer.testing import CliRunner
 
 from distillguard.cli import app
 from distillguard.core.config import load_config
+from distillguard.engines import open_engine
 from distillguard.engines.embedded import EmbeddedEngine
 from distillguard.engines.spark import SparkEngine
-from distillguard.pipeline import detect
+from distillguard.pipeline import DetectResult, run_detect, write_outputs
 from distillguard.simulate import simulate
 
 
@@ -78,12 +83,32 @@ def test_engine_closes_what_it_started_only(spark_session: Any) -> None:
     assert spark_session.range(3).count() == 3
 
 
+def test_engine_leaves_a_shared_stage_directory_as_it_found_it(
+    spark_session: Any, tmp_path: Path
+) -> None:
+    """On a cluster the stage directory is shared between runs: remove this run's files only
+    (and release what the run cached in the session, which outlives the engine)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "other-run").write_text("not ours")
+    engine = SparkEngine(spark_session, stage_dir=str(shared))
+    held = engine.cache(engine.table("t", _sample()).select("account_id"))
+    assert engine.to_arrow(held).num_rows == 5
+    view = held.op().name
+    assert spark_session.catalog.isCached(view)
+    (engine.scratch / "part.parquet").write_bytes(b"signals")
+    assert len(list(shared.iterdir())) == 3  # the other run's, our staged table, our scratch
+    engine.close()
+    assert [p.name for p in shared.iterdir()] == ["other-run"]
+    assert not spark_session.catalog.tableExists(view)  # the cached result was released
+
+
 def _approx_equal(a: Any, b: Any, tol: float = 1e-9, where: str = "$") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
             return [f"{where}: keys {sorted(a)} != {sorted(b)}"]
         return [d for k in a for d in _approx_equal(a[k], b[k], tol, f"{where}.{k}")]
-    if isinstance(a, list) and isinstance(b, list):
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         if len(a) != len(b):
             return [f"{where}: {len(a)} != {len(b)} items"]
         return [
@@ -97,36 +122,134 @@ def _approx_equal(a: Any, b: Any, tol: float = 1e-9, where: str = "$") -> list[s
 
 
 @pytest.fixture(scope="module")
-def small_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def campaign_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest simulated log that still links accounts into a campaign: tiny, one campaign."""
     out = tmp_path_factory.mktemp("spark-log") / "log"
-    simulate("default", "tiny", 4242, out)
+    simulate("june2026", "tiny", 4242, out)
     return out
 
 
+def _written(result: DetectResult, out: Path) -> tuple[list[Any], Any]:
+    """verdicts.jsonl and campaigns.json as ``detect`` writes them, parsed."""
+    write_outputs(result, out)
+    lines = (out / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(x) for x in lines], json.loads((out / "campaigns.json").read_text())
+
+
 def test_detect_on_spark_matches_embedded(
-    spark_session: Any, small_log: Path, tmp_path: Path
+    spark_session: Any, campaign_log: Path, tmp_path: Path
 ) -> None:
-    """Verdicts (accounts, actions, clusters, scores, reasons) and campaigns are the same."""
+    """The relational stages on Spark give the embedded engine's verdicts and campaigns.
+
+    ``run_detect`` is the whole chain up to the outputs (ingest, signals, features, linking,
+    scoring, evidence sampling) without the case files and report, which read only its results
+    and the log and run in Python whatever the engine.
+    """
     config = load_config()
-    embedded = detect(small_log, tmp_path / "embedded", config)
-    sparked = detect(small_log, tmp_path / "spark", config, engine="spark")
-    assert embedded.verdicts and embedded.campaigns["campaigns"], "scenario must exercise linking"
+    embedded = run_detect(campaign_log, config)
+    with SparkEngine(spark_session) as engine:
+        sparked = run_detect(campaign_log, config, engine)
+    assert len(embedded.verdicts) >= 10 and embedded.campaigns["campaigns"], (
+        "the scenario must link accounts into a campaign"
+    )
     a = {v.account_id: v.to_json() for v in embedded.verdicts}
     b = {v.account_id: v.to_json() for v in sparked.verdicts}
     assert sorted(a) == sorted(b)
     assert [a[k]["action"] for k in sorted(a)] == [b[k]["action"] for k in sorted(b)]
     assert _approx_equal(a, b) == []
     assert _approx_equal(embedded.campaigns, sparked.campaigns) == []
-    # What is written is the same too: the campaign edges the report draws, row for row.
+    # The campaign edges the report draws, row for row.
     assert embedded.campaign_edges is not None and sparked.campaign_edges is not None
+    assert embedded.campaign_edges.num_rows > 0
     assert sparked.campaign_edges.equals(embedded.campaign_edges)
-    written = json.loads((tmp_path / "spark" / "campaigns.json").read_text())
+    # And the files as written (rounded, sorted) are the same documents.
     assert (
-        _approx_equal(written, json.loads((tmp_path / "embedded" / "campaigns.json").read_text()))
-        == []
+        _approx_equal(_written(embedded, tmp_path / "e"), _written(sparked, tmp_path / "s")) == []
     )
-    # The caller's session survived detect (the engine only stops sessions it started).
+    # The caller's session survived (the engine only stops sessions it started).
     assert spark_session.range(2).count() == 2
+
+
+def test_approx_equal_reports_what_differs() -> None:
+    """The parity check above can fail: a score off by more than 1e-9, an action, a key."""
+    a = {"x": [{"score": 0.5, "action": "throttle"}], "n": 1}
+    assert _approx_equal(a, {"x": [{"score": 0.5 + 1e-12, "action": "throttle"}], "n": 1}) == []
+    assert _approx_equal(a, {"x": [{"score": 0.5 + 1e-8, "action": "throttle"}], "n": 1}) == [
+        f"$.x[0].score: 0.5 != {0.5 + 1e-8}"
+    ]
+    assert _approx_equal(a, {"x": [{"score": 0.5, "action": "suspend"}], "n": 1}) == [
+        "$.x[0].action: 'throttle' != 'suspend'"
+    ]
+    assert _approx_equal(a, {"x": [], "n": 1}) == ["$.x: 1 != 0 items"]
+    assert _approx_equal(a, {"x": a["x"]}) == ["$: keys ['n', 'x'] != ['x']"]
+
+
+def test_open_engine_joins_the_running_session(spark_session: Any) -> None:
+    """``detect --engine spark`` under spark-submit uses that session and leaves it running."""
+    with open_engine("spark") as engine:
+        assert isinstance(engine, SparkEngine)
+        assert engine.session.sparkContext.applicationId == spark_session.sparkContext.applicationId
+        stage = Path(engine.stage_dir)
+        n = engine.to_arrow(engine.table("t", _sample()).count().as_table())
+        assert n.column(0).to_pylist() == [5]
+    assert not stage.exists()
+    assert spark_session.range(3).count() == 3
+
+
+_PROBE = """
+import json, sys
+from distillguard.engines.spark import SparkEngine
+with SparkEngine() as engine:
+    conf = engine.session.conf
+    seen = {
+        "master": engine.session.sparkContext.master,
+        "partitions": conf.get("spark.sql.shuffle.partitions"),
+        "stage": engine.stage_dir,
+        "zone": conf.get("spark.sql.session.timeZone"),
+    }
+with open(sys.argv[1], "w") as fh:
+    json.dump(seen, fh)
+"""
+
+
+@pytest.mark.slow
+def test_spark_submit_settings_are_the_ones_used(tmp_path: Path) -> None:
+    """Under spark-submit the engine runs where it was submitted, with the submitted settings.
+
+    Not the local defaults: a ``--master yarn`` job must not quietly run ``local[*]`` on the driver.
+    """
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime")
+    import pyspark
+
+    probe, seen, stage = tmp_path / "probe.py", tmp_path / "seen.json", tmp_path / "stage"
+    probe.write_text(_PROBE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    conf = {
+        "spark.sql.shuffle.partitions": "3",
+        "spark.distillguard.stageDir": str(stage),
+        "spark.ui.enabled": "false",
+        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    }
+    cmd = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--master", "local[1]"]
+    cmd += [arg for k, v in conf.items() for arg in ("--conf", f"{k}={v}")]
+    done = subprocess.run(
+        [*cmd, str(probe), str(seen)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(seen.read_text()) == {
+        "master": "local[1]",
+        "partitions": "3",
+        "stage": str(stage),
+        "zone": "UTC",
+    }
 
 
 def test_cli_rejects_an_unknown_engine(tmp_path: Path) -> None:

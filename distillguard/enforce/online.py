@@ -732,13 +732,8 @@ class Enforcer:
                             hit.scope if hit else None, changed,
                         )
                     )
-            decisions = self.metrics.decisions
-            for r, count in enumerate(final):
-                if count:
-                    key = ACTIONS_BY_RANK[r].value
-                    decisions[key] = decisions.get(key, 0) + count
+            self._count_decisions(final, len(rows))
             self.metrics.degraded_checks += n_degraded
-            self.metrics.checks += len(rows)
         return out
 
     # -- replay: a time-ordered batch in two passes ---------------------------------------
@@ -894,13 +889,17 @@ class Enforcer:
                 self._replay_spread(backend, i, view, vals, values, rank_list, False, taint_cols, touches, live)
             final[rank] += 1
         backend.settle(_touch_order(folded.touched, touches))
+        self._count_decisions(final, n)
+        return out
+
+    def _count_decisions(self, per_rank: Sequence[int], checks: int) -> None:
+        """Add a batch's decisions per action (``per_rank[r]``: how many at rank r) to the metrics."""
         decisions = self.metrics.decisions
-        for r, count in enumerate(final):
+        for r, count in enumerate(per_rank):
             if count:
                 key = ACTIONS_BY_RANK[r].value
                 decisions[key] = decisions.get(key, 0) + count
-        self.metrics.checks += n
-        return out
+        self.metrics.checks += checks
 
     def _replay_spread(
         self,

@@ -72,7 +72,7 @@ def link(
     # on medium scenarios) stay in the engine instead of crossing into Python.
     threshold = float(config["linking"]["graph"]["min_edge_weight"])
     strong = engine.to_arrow(named_edges(coded.filter(coded.weight >= threshold), plan.accounts))
-    membership = find_clusters(strong.drop_columns(["code_a", "code_b"]), config)
+    membership = find_clusters(strong, config)
     edges = _strong_and_internal(engine, coded, plan.accounts, strong, membership, threshold)
     indicators = engine.to_arrow(plan.indicators)
     act_expr, cap_expr = account_activity_expr(signals)

@@ -26,8 +26,8 @@ from typing import Any
 from distillguard.core.config import load_config
 from distillguard.core.schema import EXCHANGE_COLUMNS
 from distillguard.enforce.campaigns import CampaignWatcher
-from distillguard.enforce.online import BatchContentSignals, Enforcer
-from distillguard.enforce.replay import account_metas, replay_table, sorted_batches, state_rows
+from distillguard.enforce.online import BatchContentSignals, Enforcer, exchange_rows
+from distillguard.enforce.replay import account_metas, replay_table, sorted_batches
 from distillguard.enforce.settings import EnforceSettings
 from distillguard.ingest import load_log
 
@@ -88,7 +88,7 @@ def main() -> None:
             t, c = time.perf_counter(), time.process_time()
             slow = []
             for b, s in batches:
-                rows = state_rows(b)
+                rows = exchange_rows(b)
                 metas_b = [metas.get(r["account_id"]) for r in rows]
                 slow += [d.to_json() for d in rows_path.process(rows, metas_b, s, limits=False, changes_only=True)]
             t_rows, c_rows = time.perf_counter() - t, time.process_time() - c

@@ -36,7 +36,6 @@ from distillguard.enforce.online import (
     ContentSignals,
     Decision,
     Enforcer,
-    exchange_rows,
 )
 from distillguard.enforce.settings import EnforceSettings
 
@@ -91,11 +90,6 @@ def sorted_batches(exchanges: pa.Table, rows: int) -> Iterator[pa.Table]:
     ordered = exchanges.sort_by([("ts", "ascending"), ("request_id", "ascending")])
     for start in range(0, ordered.num_rows, rows):
         yield ordered.slice(start, rows)
-
-
-def state_rows(batch: pa.Table) -> list[dict[str, Any]]:
-    """The state update's fields of a batch as dicts, ``ts`` as epoch milliseconds (what :meth:`Enforcer.process` takes)."""
-    return exchange_rows(batch)
 
 
 def _signal_batches(batches: Iterator[pa.Table], content: ContentSignals | None) -> Iterator[tuple[pa.Table, Any]]:

@@ -33,6 +33,7 @@ from distillguard.evidence.casefile import read_manifest
 from distillguard.evidence.plots import (
     ACTION_COLOURS,
     KIND_COLOURS,
+    MAX_EDGES,
     graph_plot,
     persona_bars,
     share_bars,
@@ -126,12 +127,12 @@ def edges_from_link(edges: pa.Table, campaigns: Sequence[Mapping[str, Any]]) -> 
     if frame.height == 0 or members.height == 0 or not kinds:
         return EDGE_SCHEMA.empty_table()
     best = pl.concat_list([pl.col(k) for k in kinds]).list.arg_max()
-    names = pl.Series([k[2:] for k in kinds])
+    names = [k[2:] for k in kinds]
     out = (
         frame.join(members.rename({"account": "account_a"}), on="account_a")
         .join(members.rename({"account": "account_b", "campaign_id": "cb"}), on="account_b")
         .filter(pl.col("campaign_id") == pl.col("cb"))
-        .with_columns(kind=best.map_elements(lambda i: names[i], return_dtype=pl.String))
+        .with_columns(kind=best.replace_strict(dict(enumerate(names)), return_dtype=pl.String))
         # DuckDB sums edge weights in parallel, so the last bits vary run to run; rounding keeps
         # campaign_edges.parquet and the graph layout drawn from it byte-identical per input.
         .select(
@@ -478,9 +479,16 @@ def _campaign_views(data: ReportData) -> list[dict[str, Any]]:
             .iter_rows()
         }
         sub = edges.filter(pl.col("campaign_id") == cid)
+        # The plot draws the heaviest MAX_EDGES links: pick them here, not in a Python list of
+        # every link (millions in a seed-scale hydra).
         edge_list = [
             (str(a), str(b), float(w), str(k))
-            for a, b, w, k in sub.select("account_a", "account_b", "weight", "kind").iter_rows()
+            for a, b, w, k in sub.sort(
+                ["weight", "account_a", "account_b"], descending=[True, False, False]
+            )
+            .head(MAX_EDGES)
+            .select("account_a", "account_b", "weight", "kind")
+            .iter_rows()
         ]
         mv = [v for v in data.verdicts if str(v["account_id"]) in set(members)]
         span = f"{str(c.get('first_ts') or '')[:16]} – {str(c.get('last_ts') or '')[:16]}".replace(
@@ -496,14 +504,14 @@ def _campaign_views(data: ReportData) -> list[dict[str, Any]]:
                 "reasons": _top_reasons(mv, data.snippets),
                 "case": data.case_files.get(cid),
                 "pivot": pivot,
-                "n_edges": len(edge_list),
+                "n_edges": sub.height,
                 "volume_svg": Markup(volume_plot(cid, hours, by_model, background, pivot,
                                                  f"{cid}: exchanges per hour against other traffic")),
                 "caps_svg": Markup(share_bars(f"caps:{cid}", cap_shares, {}, "Capability mix") if cap_shares else ""),
                 "kinds_svg": Markup(share_bars(f"kinds:{cid}", att.infrastructure.kind_shares, KIND_COLOURS, "Network kinds (share of exchanges)")
                                     if att.infrastructure.kind_shares else ""),
                 "graph_svg": Markup(graph_plot(cid, members, actions, edge_list,
-                                               f"{len(members)} linked accounts, {len(edge_list)} links")),
+                                               f"{len(members)} linked accounts, {sub.height} links")),
             }
         )  # fmt: skip
     return views

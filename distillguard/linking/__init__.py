@@ -17,7 +17,7 @@ from distillguard.linking.clusters import (
     shared_indicators,
 )
 from distillguard.linking.communities import find_clusters
-from distillguard.linking.edges import EDGE_KINDS, edge_plan, named_edges
+from distillguard.linking.edges import EDGE_KINDS, edge_plan, empty_edges, named_edges
 from distillguard.linking.peer_indicators import ACCOUNT_DETECTORS, peer_detections
 
 __all__ = ["ACCOUNT_DETECTORS", "CLUSTER_DETECTORS", "EDGE_KINDS", "LinkResult", "link", "peer_detections"]
@@ -27,7 +27,7 @@ __all__ = ["ACCOUNT_DETECTORS", "CLUSTER_DETECTORS", "EDGE_KINDS", "LinkResult",
 class LinkResult:
     """Everything linking hands to scoring and the outputs."""
 
-    edges: pa.Table
+    edges: pa.Table  # every edge with both ends in one cluster, named (empty_edges schema)
     indicators: pa.Table
     membership: pa.Table
     features: pa.Table
@@ -36,28 +36,20 @@ class LinkResult:
     shared: Mapping[str, list[dict[str, Any]]]
 
 
-def _strong_and_internal(
-    engine: Engine,
-    coded: ir.Table,
-    accounts: ir.Table,
-    strong: pa.Table,
-    membership: pa.Table,
-    threshold: float,
+def _internal_edges(
+    engine: Engine, coded: ir.Table, accounts: ir.Table, membership: pa.Table
 ) -> pa.Table:
-    """Strong edges plus every weaker edge between two members of one cluster, in name order."""
+    """Every edge, strong or weak, between two members of one cluster, named, in name order."""
     if membership.num_rows == 0:
-        return strong.drop_columns(["code_a", "code_b"])
+        return empty_edges()
     members = engine.table("cluster_members", membership)
     codes = accounts.join(members, "account_id").select("account_code", "cluster_id")
     ma = codes.select(code_a=codes.account_code, cluster_a=codes.cluster_id)
     mb = codes.select(code_b=codes.account_code, cluster_b=codes.cluster_id)
-    inside = coded.filter(coded.weight < threshold).join(ma, "code_a").join(mb, "code_b")
+    inside = coded.join(ma, "code_a").join(mb, "code_b")
     inside = inside.filter(inside.cluster_a == inside.cluster_b).drop("cluster_a", "cluster_b")
-    weak = engine.to_arrow(named_edges(inside, accounts))
-    both = pa.concat_tables([strong, weak.cast(strong.schema)])
-    return both.sort_by([("code_a", "ascending"), ("code_b", "ascending")]).drop_columns(
-        ["code_a", "code_b"]
-    )
+    named = engine.to_arrow(named_edges(inside, accounts))
+    return named.drop_columns(["code_a", "code_b"]).cast(empty_edges().schema)
 
 
 def link(
@@ -67,13 +59,20 @@ def link(
     # Each kind's key memberships feed both the edges and the indicators: compute them once.
     plan = edge_plan(signals, accounts, config, hold=engine.cache)
     coded = engine.cache(plan.coded)
-    # Communities read only the strong edges; cluster features and campaign subgraphs only the
-    # edges inside a cluster. The weak edges between unclustered accounts (most of them: ~99 %
-    # on medium scenarios) stay in the engine instead of crossing into Python.
+    # Communities read only the strong edges, by integer code (a hydra of 25,000 heads has
+    # ~10M of them: names on each would take gigabytes); cluster features and campaign
+    # subgraphs only the edges inside a cluster. Every other edge (~99 % of them on medium
+    # scenarios) stays in the engine instead of crossing into Python.
     threshold = float(config["linking"]["graph"]["min_edge_weight"])
-    strong = engine.to_arrow(named_edges(coded.filter(coded.weight >= threshold), plan.accounts))
-    membership = find_clusters(strong, config)
-    edges = _strong_and_internal(engine, coded, plan.accounts, strong, membership, threshold)
+    strong = engine.to_arrow(
+        coded.filter(coded.weight >= threshold).select(
+            "code_a", "code_b", "weight", *[f"w_{k}" for k in EDGE_KINDS]
+        )
+    )
+    names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
+    membership = find_clusters(strong, config, account_names=names)
+    del strong
+    edges = _internal_edges(engine, coded, plan.accounts, membership)
     indicators = engine.to_arrow(plan.indicators)
     act_expr, cap_expr = account_activity_expr(signals)
     activity = engine.to_arrow(act_expr.order_by("account_id"))

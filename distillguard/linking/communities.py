@@ -58,68 +58,57 @@ class _Edges:
 
 
 def _leiden(n: int, edges: _Edges, resolution: float, seed: int) -> np.ndarray:
-    graph = ig.Graph(n=n, edges=np.column_stack([edges.src, edges.dst]).tolist(), directed=False)
-    graph.es["weight"] = edges.weight.tolist()
+    # NumPy edges go to igraph's C layer as one buffer: Python lists of tuples and floats for
+    # every edge took gigabytes at the seed scale (a hydra of 25,000 heads, ~10M strong edges).
+    graph = ig.Graph(n=n, edges=np.column_stack([edges.src, edges.dst]), directed=False)
     # igraph draws from a process-wide generator: use a private seeded one, then restore the default.
     ig.set_random_number_generator(random.Random(seed))
     try:
         parts = graph.community_leiden(
-            objective_function="CPM", weights="weight", resolution=resolution, n_iterations=-1
+            objective_function="CPM", weights=edges.weight, resolution=resolution, n_iterations=-1
         )
     finally:
         ig.set_random_number_generator(random)
     return np.asarray(parts.membership, dtype=np.int64)
 
 
-def _structural_order(
-    verts: np.ndarray, edges: _Edges, strength: np.ndarray, names: np.ndarray
-) -> np.ndarray:
-    """``verts`` in a label-independent order: own strength, then a digest of the sorted
-    (edge weight, neighbour strength) pairs around it; names only break ties between
-    structurally identical vertices.
+def _structural_order(edges: _Edges, strength: np.ndarray) -> np.ndarray:
+    """The component's vertices (``0..n-1``, in name order) in a label-independent order: own
+    strength, then a digest of the sorted (edge weight, neighbour strength) pairs around it; the
+    name order only breaks ties between structurally identical vertices.
 
     Leiden visits vertices and their adjacency in storage order, so the order it sees must not
     come from the account names.
     """
+    n = int(strength.shape[0])
     own = np.concatenate([edges.src, edges.dst])
     other = np.concatenate([edges.dst, edges.src])
     w = np.round(np.concatenate([edges.weight, edges.weight]), 9)
     s_other = np.round(strength[other], 9)
     order = np.lexsort((s_other, w, own))
     pairs = np.column_stack([w[order], s_other[order]])
-    starts = np.searchsorted(own[order], verts, side="left")
-    ends = np.searchsorted(own[order], verts, side="right")
+    bounds = np.searchsorted(own[order], np.arange(n + 1), side="left")
     digests = [
         hashlib.blake2b(pairs[a:b].tobytes(), digest_size=16).digest()
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
     ]
-    own_strength = np.round(strength[verts], 9).tolist()
-    keys = sorted(
-        range(len(verts)),
-        key=lambda i: (-own_strength[i], digests[i], str(names[verts[i]])),
-    )
-    return verts[np.asarray(keys, dtype=np.int64)]
+    own_strength = np.round(strength, 9).tolist()
+    keys = sorted(range(n), key=lambda i: (-own_strength[i], digests[i], i))
+    return np.asarray(keys, dtype=np.int64)
 
 
-def _split(
-    verts: np.ndarray,
-    edges: _Edges,
-    strength: np.ndarray,
-    names: np.ndarray,
-    resolution: float,
-    seed: int,
-) -> list[np.ndarray]:
-    """Leiden (CPM) on one component, on a canonical copy: vertex i = ordered[i], edges sorted
-    by their new end positions."""
-    ordered = _structural_order(verts, edges, strength, names)
-    position = np.full(int(strength.shape[0]), -1, dtype=np.int64)
+def _split(edges: _Edges, strength: np.ndarray, resolution: float, seed: int) -> list[np.ndarray]:
+    """Leiden (CPM) on one component (local vertex numbers), on a canonical copy: vertex i =
+    ordered[i], edges sorted by their new end positions."""
+    ordered = _structural_order(edges, strength)
+    position = np.empty(len(ordered), dtype=np.int64)
     position[ordered] = np.arange(len(ordered))
     a, b = position[edges.src], position[edges.dst]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     canon = np.lexsort((edges.weight, hi, lo))
     sub = _Edges(lo[canon], hi[canon], edges.weight[canon], edges.families[canon])
     labels = _leiden(len(ordered), sub, resolution, seed)
-    return [ordered[labels == k] for k in np.unique(labels)]
+    return [np.sort(ordered[labels == k]) for k in np.unique(labels)]
 
 
 def _prune(
@@ -127,10 +116,11 @@ def _prune(
 ) -> np.ndarray:
     """Drop weakly attached members until every one has enough strong edges inside the group."""
     keep = np.sort(verts)
+    sub = edges
     while len(keep) >= min_size:
         inside = np.zeros(n_vertices, dtype=bool)
         inside[keep] = True
-        sub = edges.within(inside)
+        sub = sub.within(inside)
         degree = np.bincount(sub.src, minlength=n_vertices) + np.bincount(
             sub.dst, minlength=n_vertices
         )
@@ -164,98 +154,142 @@ def _signature_members(
     sub = edges.within(inside)
     if sub.src.size == 0:
         return verts
-    fam = sub.families.astype(float)
-    signature = fam.mean(axis=0) >= signature_share
+    signature = sub.families.mean(axis=0) >= signature_share
     need = min(2, int(signature.sum()))
     if need == 0:
         return verts
-    n_edges = np.zeros(n_vertices)
-    carried = np.zeros((n_vertices, fam.shape[1]))
-    for ends in (sub.src, sub.dst):
-        np.add.at(n_edges, ends, 1.0)
-        np.add.at(carried, ends, fam)
-    share = carried[verts] / np.maximum(n_edges[verts], 1.0)[:, None]
+    n_edges = np.bincount(sub.src, minlength=n_vertices) + np.bincount(
+        sub.dst, minlength=n_vertices
+    )
+    carried = np.column_stack(
+        [
+            np.bincount(sub.src, col, minlength=n_vertices)
+            + np.bincount(sub.dst, col, minlength=n_vertices)
+            for col in sub.families.T.astype(np.float64)
+        ]
+    )
+    share = carried[verts] / np.maximum(n_edges[verts], 1)[:, None]
     shown = ((share >= min_kind_share) & signature[None, :]).sum(axis=1)
     kept: np.ndarray = verts[shown >= need]
     return kept
 
 
-def _vertices(edges: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted vertex names and each edge end's vertex index (all ``account_a``, then ``account_b``).
+def _vertices(edges: pa.Table, account_names: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex names in name order and each edge end's vertex index (all ``account_a``, then
+    ``account_b``).
 
     With linking's integer codes (``code_a``, ``code_b``: codes follow the names) the ends are
-    numbered on the integers and only one name per vertex is materialised: at the seed scale
-    NumPy string arrays of every edge end took gigabytes and their sort minutes. Same result.
+    numbered on the integers and only one name per vertex is materialised, from
+    ``account_names`` (``account_code``, ``account_id``) or else from the edges' own names: at
+    the seed scale name arrays per edge end took gigabytes and their sort minutes. Same result.
     """
     if "code_a" in edges.column_names and "code_b" in edges.column_names:
         ends = np.concatenate(
-            [edges["code_a"].to_numpy(zero_copy_only=False), edges["code_b"].to_numpy(zero_copy_only=False)]
+            [
+                edges["code_a"].to_numpy(zero_copy_only=False).astype(np.int64),
+                edges["code_b"].to_numpy(zero_copy_only=False).astype(np.int64),
+            ]
         )
-        _, first, index = np.unique(ends, return_index=True, return_inverse=True)
+        low = int(ends.min())
+        present = np.zeros(int(ends.max()) - low + 1, dtype=bool)
+        present[ends - low] = True
+        codes = np.flatnonzero(present) + low
+        index = (np.cumsum(present) - 1)[ends - low]
+        if account_names is not None:
+            known = account_names["account_code"].to_numpy(zero_copy_only=False).astype(np.int64)
+            order = np.argsort(known, kind="stable")
+            at = order[np.searchsorted(known[order], codes)]
+            if not np.array_equal(known[at], codes):
+                raise ValueError("account_names lacks the code of an edge end")
+            names = account_names["account_id"].take(pa.array(at)).to_numpy(zero_copy_only=False)
+            return names.astype(str), index
+        # Any end with the code will do: every end of one code carries the same name.
+        first = np.zeros(len(codes), dtype=np.int64)
+        first[index] = np.arange(len(ends))
         both = pa.chunked_array(edges["account_a"].chunks + edges["account_b"].chunks)
-        names = both.take(pa.array(first)).to_numpy(zero_copy_only=False).astype(str)
-        return names, index
+        return both.take(pa.array(first)).to_numpy(zero_copy_only=False).astype(str), index
     a = edges["account_a"].to_numpy(zero_copy_only=False).astype(str)
     b = edges["account_b"].to_numpy(zero_copy_only=False).astype(str)
     names, index = np.unique(np.concatenate([a, b]), return_inverse=True)
     return names, index
 
 
-def find_clusters(edges: pa.Table, config: Mapping[str, Any]) -> pa.Table:
+def _components(graph: _Edges, n: int, min_size: int) -> list[tuple[np.ndarray, _Edges]]:
+    """Connected components of at least ``min_size`` vertices: (global vertex numbers, sorted;
+    the component's edges renumbered locally ``0..size-1``, in the global edge order)."""
+    _, component = connected_components(
+        coo_matrix((np.ones(len(graph.src)), (graph.src, graph.dst)), shape=(n, n)), directed=False
+    )
+    sizes = np.bincount(component)
+    vert_order = np.argsort(component, kind="stable")
+    vert_bounds = np.concatenate([[0], np.cumsum(sizes)])
+    edge_component = component[graph.src]
+    edge_order = np.argsort(edge_component, kind="stable")
+    edge_bounds = np.searchsorted(edge_component[edge_order], np.arange(len(sizes) + 1))
+    out = []
+    for comp in np.flatnonzero(sizes >= min_size).tolist():
+        verts = vert_order[vert_bounds[comp] : vert_bounds[comp + 1]]
+        edges = graph.take(edge_order[edge_bounds[comp] : edge_bounds[comp + 1]])
+        local = _Edges(
+            np.searchsorted(verts, edges.src),
+            np.searchsorted(verts, edges.dst),
+            edges.weight,
+            edges.families,
+        )
+        out.append((verts, local))
+    return out
+
+
+def find_clusters(
+    edges: pa.Table, config: Mapping[str, Any], account_names: pa.Table | None = None
+) -> pa.Table:
     """Membership table (account_id, cluster_id) for accounts in clusters of at least min size.
 
+    ``edges`` carries ``account_a``/``account_b`` names, or linking's integer codes
+    ``code_a``/``code_b`` with the names in ``account_names`` (``account_code``, ``account_id``).
     Accounts in no cluster are absent. Output is sorted by (cluster_id, account_id).
     """
     gcfg = config["linking"]["graph"]
     strong = edges.filter(pc.greater_equal(edges["weight"], float(gcfg["min_edge_weight"])))
     if strong.num_rows == 0:
         return MEMBERSHIP_SCHEMA.empty_table()
-    names, codes = _vertices(strong)
-    pairs = np.sort(codes.reshape(2, -1).T, axis=1)
+    names, ends = _vertices(strong, account_names)
+    half = strong.num_rows
+    src = np.minimum(ends[:half], ends[half:])
+    dst = np.maximum(ends[:half], ends[half:])
     # Canonical edge order (by names) so nothing downstream depends on input row order.
-    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    order = np.lexsort((dst, src))
     weights = strong["weight"].to_numpy(zero_copy_only=False).astype(np.float64)
     fam_cols = [
         np.logical_or.reduce([strong[f"w_{k}"].to_numpy(zero_copy_only=False) > 0 for k in kinds])
         for kinds in evidence_families(config).values()
         if all(f"w_{k}" in strong.column_names for k in kinds)
     ]
-    families = np.column_stack(fam_cols) if fam_cols else np.zeros((len(order), 0), dtype=bool)
-    graph = _Edges(pairs[order, 0], pairs[order, 1], weights[order], families[order])
-    n = len(names)
-    strength = np.bincount(graph.src, graph.weight, minlength=n) + np.bincount(
-        graph.dst, graph.weight, minlength=n
-    )
-    _, component = connected_components(
-        coo_matrix((np.ones(len(order)), (graph.src, graph.dst)), shape=(n, n)), directed=False
-    )
+    families = np.column_stack(fam_cols) if fam_cols else np.zeros((half, 0), dtype=bool)
+    graph = _Edges(src[order], dst[order], weights[order], families[order])
+    del src, dst, weights, families, fam_cols, order, ends
     min_kind_share = float(config["linking"].get("min_kind_share", 0.2))
     min_size = int(gcfg["min_cluster_size"])
     leiden_min = int(gcfg["leiden_min_size"])
     min_share = float(gcfg.get("min_member_share", 0.0))
     signature_share = float(gcfg.get("signature_share", 1.01))
-    by_component = np.argsort(component[graph.src], kind="stable")
-    edge_component = component[graph.src][by_component]
-    parts: list[np.ndarray] = []
-    sizes = np.bincount(component)
-    for comp in np.flatnonzero(sizes >= min_size):
-        verts = np.flatnonzero(component == comp)
-        if len(verts) <= leiden_min:
-            parts.append(verts)
-            continue
-        lo, hi = np.searchsorted(edge_component, [comp, comp + 1])
-        comp_edges = graph.take(np.sort(by_component[lo:hi]))
-        parts.extend(
-            _split(verts, comp_edges, strength, names, float(gcfg["resolution"]), int(gcfg["seed"]))
-        )
     groups: list[list[str]] = []
-    for part in parts:
-        kept = _prune(part, graph, n, min_share, min_size) if min_share > 0 else part
-        signed = _signature_members(kept, graph, n, min_kind_share, signature_share)
-        if len(signed) < len(kept):
-            kept = _prune(signed, graph, n, min_share, min_size) if min_share > 0 else signed
-        if len(kept) >= min_size:
-            groups.append(sorted(str(names[v]) for v in kept))
+    for verts, local in _components(graph, len(names), min_size):
+        size = len(verts)
+        if size <= leiden_min:
+            parts = [np.arange(size)]
+        else:
+            strength = np.bincount(local.src, local.weight, minlength=size) + np.bincount(
+                local.dst, local.weight, minlength=size
+            )
+            parts = _split(local, strength, float(gcfg["resolution"]), int(gcfg["seed"]))
+        for part in parts:
+            kept = _prune(part, local, size, min_share, min_size) if min_share > 0 else part
+            signed = _signature_members(kept, local, size, min_kind_share, signature_share)
+            if len(signed) < len(kept):
+                kept = _prune(signed, local, size, min_share, min_size) if min_share > 0 else signed
+            if len(kept) >= min_size:
+                groups.append(sorted(names[verts[kept]].tolist()))
     rows_a: list[str] = []
     rows_c: list[str] = []
     for group in groups:

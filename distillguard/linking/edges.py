@@ -410,6 +410,7 @@ class EdgePlan:
     """Unexecuted expressions of linking: coded edges, key memberships and the account table."""
 
     coded: ir.Table  # code_a < code_b, weight, n_kinds, w_<kind>; no names, no order
+    pairs: ir.Table  # code_a, code_b, kind, contribution: one row per pair and kind
     indicators: ir.Table  # kind, key, account_id, key_weight, df; sorted
     accounts: ir.Table  # account_id, account_code, kyc, platform
 
@@ -431,11 +432,13 @@ def edge_plan(
     config: Mapping[str, Any],
     hold: Callable[[ir.Table], ir.Table] | None = None,
 ) -> EdgePlan:
-    """Ibis expressions for the coded edges, the indicators and the account table.
+    """Ibis expressions for the coded edges, the per-kind pairs, the indicators and the account
+    table.
 
     Nothing is executed here unless ``hold`` is given: it is applied to each kind's key
-    memberships, which both the edges and the indicators read, so an engine can compute them
-    once (``Table.cache``) instead of once per consumer.
+    memberships, which both the edges and the indicators read, and to each kind's pairs, so an
+    engine computes them once (``Engine.cache``) instead of once per consumer. Summing the
+    pairs is left to the consumer: :func:`edge_sums` on all of them (``coded``) or on a slice.
 
     The coded edges carry ``code_a`` / ``code_b`` (integer codes in account-name order, see
     ``_account_table``) and no names: :func:`named_edges` adds them and sorts by code.
@@ -488,23 +491,17 @@ def edge_plan(
             # competed for memory (the seed scale's next out-of-memory after the memberships).
             pairs = hold(pairs)
         pair_parts.append(pairs)
-    allp = ibis.union(*pair_parts)
-    partitions = int(lcfg.get("edge_partitions", 1)) if hold is not None else 1
-    if partitions <= 1:
-        coded = _sum_pairs(allp)
-    else:
-        # Summed in slices of code_a, one held table each: a single aggregation over every pair
-        # of the seed scale (hundreds of millions of rows) did not fit the engine's memory cap.
-        assert hold is not None
-        slices = [
-            hold(_sum_pairs(allp.filter(allp.code_a % partitions == part)))
-            for part in range(partitions)
-        ]
-        coded = ibis.union(*slices)
-    discount = float(lcfg.get("verified_pair_discount", 1.0))
-    edges = _discounted(coded, table, discount)
+    pairs = ibis.union(*pair_parts)
     indicators = ibis.union(*member_parts).order_by(["kind", "key", "account_id"])
-    return EdgePlan(edges, indicators, table)
+    return EdgePlan(edge_sums(pairs, table, config), pairs, indicators, table)
+
+
+def edge_sums(pairs: ir.Table, table: ir.Table, config: Mapping[str, Any]) -> ir.Table:
+    """Coded edges of ``pairs`` (per-kind contributions, any subset of :attr:`EdgePlan.pairs`
+    holding every row of each of its pairs): per pair the total weight, the number of kinds and
+    each kind's contribution, with the vouched-pair discount."""
+    discount = float(config["linking"].get("verified_pair_discount", 1.0))
+    return _discounted(_sum_pairs(pairs), table, discount)
 
 
 def empty_edges() -> pa.Table:

@@ -115,3 +115,46 @@ def test_member_without_the_cluster_signature_is_left_out() -> None:
         table.schema.get_field_index("w_template"), "w_template", pa.array([1.0] * table.num_rows)
     )
     assert set(find_clusters(table, config)["account_id"].to_pylist()) == set(heads + batch)
+
+
+def _two_groups_and_a_bridge(rng: np.random.Generator) -> list[tuple[str, str, float]]:
+    """Two dense 40-account groups (70 % of pairs, weights 2–4) tied by 30 cross edges."""
+    groups = [[f"{tag}{i:02d}" for i in range(40)] for tag in ("p", "q")]
+    pairs = [
+        (g[i], g[j], float(rng.uniform(2.0, 4.0)))
+        for g in groups
+        for i in range(len(g))
+        for j in range(i + 1, len(g))
+        if rng.random() < 0.7
+    ]
+    for _ in range(30):
+        a, b = int(rng.integers(40)), int(rng.integers(40))
+        pairs.append((groups[0][a], groups[1][b], 2.2))
+    return pairs
+
+
+def test_thinning_a_giant_component_for_leiden_keeps_its_groups() -> None:
+    pairs = _two_groups_and_a_bridge(np.random.default_rng(11))
+    config = small_world_config()
+    config["linking"]["graph"]["min_member_share"] = 0.2
+    config["linking"]["graph"]["leiden_max_edges"] = 0
+    whole = _partition(find_clusters(_edges(pairs), config))
+    assert sorted(len(g) for g in whole) == [40, 40]
+    config["linking"]["graph"]["leiden_max_edges"] = len(pairs) // 4  # Leiden sees ~a quarter
+    assert _partition(find_clusters(_edges(pairs), config)) == whole
+
+
+def test_thinning_keeps_about_the_cap_and_the_expected_weight() -> None:
+    from distillguard.linking.communities import _Edges, _thinned
+
+    rng = np.random.default_rng(5)
+    n = 200_000
+    src = rng.integers(0, 5_000, n).astype(np.int32)
+    dst = (src + 1 + rng.integers(0, 5_000, n)).astype(np.int32)
+    edges = _Edges(src, dst, rng.uniform(2.0, 4.0, n), np.zeros(n, dtype=np.uint8), 0)
+    assert _thinned(edges, n) is edges  # under the cap: untouched
+    thin = _thinned(edges, 20_000)
+    assert 18_000 < len(thin.src) < 22_000
+    assert abs(thin.weight.sum() / edges.weight.sum() - 1.0) < 0.03
+    again = _thinned(edges, 20_000)  # deterministic: the same edges every time
+    assert np.array_equal(thin.src, again.src) and np.array_equal(thin.dst, again.dst)

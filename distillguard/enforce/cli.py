@@ -8,7 +8,7 @@ from pathlib import Path
 from distillguard.core.config import load_config
 from distillguard.core.errors import ConfigError
 from distillguard.enforce.online import BatchContentSignals, build_enforcer
-from distillguard.enforce.service import ContentWorker, create_app
+from distillguard.enforce.service import ContentWorker, create_app, http_protocol
 from distillguard.enforce.settings import EnforceSettings
 
 
@@ -53,6 +53,6 @@ def run_service(
     gc.freeze()
     try:
         uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning",
-                    access_log=False)  # fmt: skip
+                    access_log=False, http=http_protocol(app))  # fmt: skip
     finally:
         worker.stop()

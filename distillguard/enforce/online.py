@@ -64,7 +64,7 @@ from distillguard.scoring.combine import Scored, SignalSpec
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
 from distillguard.scoring.standardise import RobustBaseline
 
-ONLINE_VERSION = "1.0.0"
+ONLINE_VERSION = "1.1.0"
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class BatchContentSignals:
                 self.addresses = AddressContext(intel)
 
     def compute(self, table: pa.Table) -> pl.DataFrame:
-        """``reasoning, grader, capability, template_id, ip_prefix, network_kind`` per row."""
+        """``reasoning, grader, capability, template_id, ip_prefix, network_kind, asn`` per row."""
         from distillguard.signals.exchange import conform, exchange_signals
         from distillguard.signals.network import network_context
 
@@ -158,7 +158,7 @@ class BatchContentSignals:
                 table, model=self.model, index=self.index, intel=self.intel, prompts=self.prompts, addresses=self.addresses
             )
             frame = pl.from_arrow(
-                sig.select(["reasoning_elicitation", "grader_use", "capability", "template_id", "ip_prefix", "network_kind"])
+                sig.select(["reasoning_elicitation", "grader_use", "capability", "template_id", "ip_prefix", "network_kind", "asn"])
             )
             assert isinstance(frame, pl.DataFrame)
             return frame.rename({"reasoning_elicitation": "reasoning", "grader_use": "grader"})
@@ -175,6 +175,7 @@ class BatchContentSignals:
                 "template_id": pl.Series(np.where(valid, tid, 0), dtype=pl.UInt64).set(pl.Series(~valid), None),
                 "ip_prefix": pl.Series(net.column("ip_prefix").to_pylist(), dtype=pl.String),
                 "network_kind": pl.Series(net.column("network_kind").to_pylist(), dtype=pl.String),
+                "asn": pl.Series(net.column("asn").to_pylist(), dtype=pl.Int64),
             }
         )
 
@@ -190,6 +191,9 @@ _SPECS: tuple[SignalSpec, ...] = (
     SignalSpec("online.known_campaign_link", f"online.known_campaign@{ONLINE_VERSION}", False, True),
     # A card a contained account paid with is cluster evidence; an address or template it used is not.
     *(SignalSpec(f"online.flagged_{k}", f"online.propagation@{ONLINE_VERSION}", False, k == "payment") for k in PROPAGATION_KINDS),
+    # Per-account counts without warm-up (``enforce.online.exit_networks`` / ``reasoning_hits``).
+    SignalSpec("online.exit_networks", f"online.exit_networks@{ONLINE_VERSION}", False, False),
+    SignalSpec("online.reasoning_hits", f"online.reasoning_hits@{ONLINE_VERSION}", False, False),
     SignalSpec("online.peer_indicator", f"online.peer_indicator@{ONLINE_VERSION}", False, False),  # share/: never cluster
 )
 FEATURES: tuple[str, ...] = (
@@ -198,6 +202,8 @@ FEATURES: tuple[str, ...] = (
     "known_member",
     "known_link",
     *(f"flagged_{k}" for k in PROPAGATION_KINDS),
+    "exit_networks",
+    "reasoning_hits",
     "peer_indicator",  # last: its contribution (log-odds) is computed by enforce.peer_indicators
 )
 _NO_CONTRIB: list[float] = []
@@ -233,6 +239,11 @@ def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
             weight[off + j], offset[off + j], scale[off + j] = pr.weight, pr.x0, pr.x1 - pr.x0
         elif pr is not None:
             weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = pr.weight, pr.k0, pr.cap, pr.max_k
+    for name in ("exit_networks", "reasoning_hits"):
+        cnt = settings.exit_networks if name == "exit_networks" else settings.reasoning_hits
+        j = FEATURES.index(name)
+        kind[j] = 1
+        weight[j], offset[j], scale[j] = cnt.weight, cnt.k0, cnt.cap
     kind[-1] = 2  # peer_indicator: pass-through
     return kind, weight, offset, scale, max_k
 
@@ -262,6 +273,8 @@ _N_BEHAVIOUR = len(BEHAVIOUR_FEATURES)
 _TAINT_SLOT = {p[4:]: PROPAGATION_KINDS.index(k) for k, p in _TAINT_PREFIX.items()}
 _TAINT_IP = PROPAGATION_KINDS.index("ip")
 _KNOWN_MEMBER = FEATURES.index("known_member")
+_EXIT_NETWORKS = FEATURES.index("exit_networks")
+_REASONING_HITS = FEATURES.index("reasoning_hits")
 
 
 def _ratio(num: float, den: float) -> float:
@@ -352,6 +365,9 @@ class Enforcer:
         self._track_ua = ucfg is not None and ucfg.weight != 0.0
         pcfg = s.sharing.get("prefix")
         self._prefix_ms = max(pcfg.window_minutes, 1.0) * 60_000 if pcfg is not None else 0.0
+        # Exit networks per account and window (a sketch kept only with a weight).
+        self._net_ms = s.exit_networks.window_minutes * 60_000 if s.exit_networks.weight != 0.0 else 0.0
+        self._net_kinds = s.exit_networks.kinds
         # The embedded backend is updated in place (no copy per exchange), under self._lock.
         self._live = self.backend.observe_live if isinstance(self.backend, MemoryState) else None
 
@@ -360,8 +376,8 @@ class Enforcer:
             return network_signals([str(r.get("client_ip") or "") for r in rows], self.intel)
         out = []
         for r in rows:
-            prefix, kind = self.lpm.context(str(r.get("client_ip") or ""))
-            out.append({"ip_prefix": prefix, "network_kind": kind})
+            prefix, kind, asn = self.lpm.context(str(r.get("client_ip") or ""))
+            out.append({"ip_prefix": prefix, "network_kind": kind, "asn": asn})
         return out
 
     # -- state with the fail mode -------------------------------------------------------
@@ -430,12 +446,21 @@ class Enforcer:
                     distinct.append((sip, account))
                 if "ip" in prop:
                     taint.append(prop["ip"] + str(ip))
+            if ip and self._net_ms and kind in self._net_kinds:
+                asn = sig.get("asn")
+                network = str(asn) if asn is not None else f"p:{prefix}" if prefix else None
+                if network is not None:
+                    net = f"net:{account}|{int(ts_ms // self._net_ms)}"
+                    keys["net"] = net
+                    distinct.append((net, network))
             reasoning = sig.get("reasoning")
             grader = sig.get("grader")
             if reasoning is not None or grader is not None:
                 counters["content_n"] = 1.0
                 counters["reasoning_sum"] = float(reasoning or 0.0)
                 counters["grader_sum"] = float(grader or 0.0)
+                if reasoning is not None and reasoning >= s.reasoning_hits.threshold:
+                    counters["reasoning_hits"] = 1.0
             cap = sig.get("capability")
             if cap:
                 counters[f"cap:{cap}"] = 1.0
@@ -483,6 +508,12 @@ class Enforcer:
         acct = view.account_id
         if warm:
             vals[4] = _ratio(float(counts.get(f"ip:{acct}", 0)), n)
+        net = keys.get("net")
+        if net:
+            vals[_EXIT_NETWORKS] = float(counts.get(net, 0))
+        if cn > 0:
+            hits = c.get("reasoning_hits", 0.0)
+            vals[_REASONING_HITS] = hits if hits >= self.settings.reasoning_hits.min_share * cn else 0.0
         off = _N_BEHAVIOUR
         pay = keys.get("payment")
         if pay:
@@ -634,6 +665,18 @@ class Enforcer:
             elif name.startswith("shared_"):
                 sh = self.settings.sharing[name.removeprefix("shared_")]
                 detail["reference"] = {"k0": sh.k0, "max_k": sh.max_k, "unit": "distinct accounts on the key"}
+            elif name == "exit_networks":
+                net = self.settings.exit_networks
+                detail["reference"] = {
+                    "k0": net.k0, "cap": net.cap, "window_minutes": net.window_minutes,
+                    "unit": f"distinct {'/'.join(sorted(net.kinds))} networks the account sent from",
+                }
+            elif name == "reasoning_hits":
+                hits = self.settings.reasoning_hits
+                detail["reference"] = {
+                    "k0": hits.k0, "cap": hits.cap, "threshold": hits.threshold, "min_share": hits.min_share,
+                    "unit": "exchanges eliciting step-by-step reasoning",
+                }
             elif name.startswith("flagged_"):
                 pr = self.settings.propagation[name.removeprefix("flagged_")]
                 detail["reference"] = (
@@ -941,7 +984,7 @@ class Enforcer:
         warmup = self.settings.warmup
         nan = math.nan
         values = np.full((n, len(FEATURES)), nan)
-        cnt, content, reasoning, grader, cap_top, tpl_top, cap_target = folded.values.T
+        cnt, content, reasoning, grader, cap_top, tpl_top, cap_target, hits = folded.values.T
         warm = cnt >= warmup
         cwarm = warm & (content >= warmup)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -949,8 +992,13 @@ class Enforcer:
                 values[:, j] = np.where(cwarm & (content > 0), num / content, nan)
             ip_count = folded.counts[:, 0].astype(np.float64)
             values[:, 4] = np.where(warm & (cnt > 0), ip_count / cnt, nan)
+            # What _features does per row: the count where the exchange added to the account's sketch,
+            # and the hits while they are at least min_share of its content exchanges.
+            share = self.settings.reasoning_hits.min_share
+            values[:, _REASONING_HITS] = np.where(content > 0, np.where(hits >= share * content, hits, 0.0), nan)
         counts = folded.counts.astype(np.float64).T
         present = cols.present
+        values[:, _EXIT_NETWORKS] = np.where(present[_NET_COLUMN], counts[_NET_COLUMN], nan)
         off = _N_BEHAVIOUR
         pay, paydom = counts[_PAY_COLUMN], counts[_PAY_COLUMN + 1]
         values[:, off] = np.where(present[_PAY_COLUMN], np.where(paydom >= 2, pay, 0.0), nan)
@@ -1101,13 +1149,14 @@ class Enforcer:
 # --------------------------------------------------------------------------- replay batches
 
 #: Sketch memberships of an exchange, in :meth:`Enforcer._observation`'s order (it fixes the LRU order).
-_MEMBERSHIPS = ("g_ip", "g_pfx", "g_sip", "g_tpl", "g_uag", "g_pay", "g_paydom")
+_MEMBERSHIPS = ("g_ip", "g_pfx", "g_sip", "g_net", "g_tpl", "g_uag", "g_pay", "g_paydom")
 _SIP_COLUMN = _MEMBERSHIPS.index("g_sip")
+_NET_COLUMN = _MEMBERSHIPS.index("g_net")
 _PAY_COLUMN = _MEMBERSHIPS.index("g_pay")  # g_paydom follows
 #: Membership column -> its sharing slot (the one count that fills that feature).
 _SHARING_COLUMNS = tuple((_MEMBERSHIPS.index(f"g_{p[:3]}"), j) for p, j in _GROUP_SLOT.items())
 #: Counters the features read after each exchange (the first is the exchange count).
-_READS = ("n", "content_n", "reasoning_sum", "grader_sum", "cap_top", "tpl_top", "cap_target")
+_READS = ("n", "content_n", "reasoning_sum", "grader_sum", "cap_top", "tpl_top", "cap_target", "reasoning_hits")
 #: Exchanges decided one by one from one that uses a sketch whose eviction cannot wait.
 _ROW_WINDOW = 64
 
@@ -1179,10 +1228,10 @@ class _ReplayColumns:
             pl.Series("acct", accounts, dtype=pl.String), pl.Series("ts", ts), col("client_ip", pl.String), col("user_agent", pl.String),
             col("input_tokens", pl.Float64), col("output_tokens", pl.Float64),
             sig("ip_prefix", pl.String), sig("network_kind", pl.String), sig("reasoning", pl.Float64),
-            sig("grader", pl.Float64), sig("capability", pl.String), sig("template_id", pl.String),
+            sig("grader", pl.Float64), sig("capability", pl.String), sig("template_id", pl.String), sig("asn", pl.String),
             pl.Series("fp", [None if f is None else str(f) for f in fps], dtype=pl.String),
             pl.Series("domain", domains, dtype=pl.String),
-            pl.Series("pfx_b", bucket(e._prefix_ms)), pl.Series("sip_b", bucket(e._ip_ms)),
+            pl.Series("pfx_b", bucket(e._prefix_ms)), pl.Series("sip_b", bucket(e._ip_ms)), pl.Series("net_b", bucket(e._net_ms)),
         ])  # fmt: skip
         c, lit, cat = pl.col, pl.lit, pl.concat_str
         null = lit(None, dtype=pl.String)
@@ -1194,12 +1243,18 @@ class _ReplayColumns:
         has_tpl = c("template_id").is_not_null()
         has_fp = c("fp").is_not_null()
         has_content = c("reasoning").is_not_null() | c("grader").is_not_null()
+        # Enforcer._observation's exit network: the ASN, else the prefix, of an address of a counted kind.
+        has_prefix = (c("ip_prefix").is_not_null() & (c("ip_prefix") != "")).fill_null(False)
+        network = pl.coalesce(c("asn"), pl.when(has_prefix).then(cat([lit("p:"), c("ip_prefix")])))
+        counted = ip_ok & c("network_kind").is_in(sorted(s.exit_networks.kinds)).fill_null(False) & network.is_not_null()
         taint = e._taint
         frame = frame.select(
             g_ip=pl.when(ip_ok).then(cat([lit("ip:"), c("acct")])),
             m_ip=c("client_ip"),
             g_pfx=pl.when(prefix_ok).then(cat([lit("pfx:"), c("ip_prefix"), lit("|"), c("pfx_b").cast(pl.String)])) if e._prefix_ms else null,
             g_sip=pl.when(shared_ip).then(cat([lit("sip:"), c("client_ip"), lit("|"), c("sip_b").cast(pl.String)])) if e._ip_ms else null,
+            g_net=pl.when(counted).then(cat([lit("net:"), c("acct"), lit("|"), c("net_b").cast(pl.String)])) if e._net_ms else null,
+            m_net=network,
             g_tpl=pl.when(has_tpl).then(cat([lit("tpl:"), c("template_id")])),
             g_uag=pl.when((c("user_agent").is_not_null() & (c("user_agent") != "")).fill_null(False)).then(cat([lit("uag:"), c("user_agent")])) if e._track_ua else null,
             g_pay=pl.when(has_fp).then(cat([lit("pay:"), c("fp")])),
@@ -1215,6 +1270,7 @@ class _ReplayColumns:
             content_n=pl.when(has_content).then(lit(1.0)),
             reasoning_sum=pl.when(has_content).then(c("reasoning").fill_null(0.0)),
             grader_sum=pl.when(has_content).then(c("grader").fill_null(0.0)),
+            reasoning_hits=pl.when(has_content & (c("reasoning") >= s.reasoning_hits.threshold).fill_null(False)).then(lit(1.0)),
             cap_name=pl.when(cap_ok).then(cat([lit("cap:"), c("capability")])),
             cap_target=pl.when(cap_ok & c("capability").is_in(sorted(s.target_capabilities))).then(lit(1.0)),
             # what Enforcer._observation puts in an exchange's link keys (known campaigns, peer indicators)
@@ -1225,9 +1281,9 @@ class _ReplayColumns:
             frame=frame,
             account="acct",
             ts_ms="ts",
-            counters={k: k for k in ("in_tok", "out_tok", "content_n", "reasoning_sum", "grader_sum", "cap_target")},
+            counters={k: k for k in ("in_tok", "out_tok", "content_n", "reasoning_sum", "grader_sum", "cap_target", "reasoning_hits")},
             families=["cap_name", "g_tpl"],  # a template's counter field is its sketch key (tpl:<id>)
-            memberships=[("g_ip", "m_ip"), ("g_pfx", "acct"), ("g_sip", "acct"), ("g_tpl", "acct"),
+            memberships=[("g_ip", "m_ip"), ("g_pfx", "acct"), ("g_sip", "acct"), ("g_net", "m_net"), ("g_tpl", "acct"),
                          ("g_uag", "acct"), ("g_pay", "acct"), ("g_paydom", "m_paydom")],
             reads=_READS,
         )  # fmt: skip
@@ -1270,11 +1326,13 @@ class _ReplayColumns:
         """Exchange ``i``'s link keys, as :meth:`Enforcer._observation` builds them."""
         if self._keys is None:
             f = self.frame
-            self._keys = list(zip(*(f.get_column(k).to_list() for k in ("k_ip", "k_prefix", "g_sip", "k_tpl", "k_ua")), self.fps, strict=True))
-        ip, prefix, sip, tid, ua, fp = self._keys[i]
+            self._keys = list(zip(*(f.get_column(k).to_list() for k in ("k_ip", "k_prefix", "g_sip", "g_net", "k_tpl", "k_ua")), self.fps, strict=True))
+        ip, prefix, sip, net, tid, ua, fp = self._keys[i]
         keys: dict[str, Any] = {"ip": ip, "prefix": prefix}
         if sip is not None:
             keys["sip"] = sip
+        if net is not None:
+            keys["net"] = net
         if tid is not None:
             keys["template"] = tid
         if ua is not None:
@@ -1320,42 +1378,44 @@ def exchange_rows(batch: pa.Table) -> list[dict[str, Any]]:
 
 
 class ScalarNetwork:
-    """Per-address prefix and network kind for single checks (the batch path uses ``network_context``).
+    """Per-address prefix, network kind and ASN for single checks (the batch path uses ``network_context``).
 
     Same semantics as :func:`distillguard.signals.network.network_context`: ``/24`` or ``/48``
-    prefix, longest matching ``ip_intel`` row, ``unknown`` outside every row. Cached per address.
+    prefix, longest matching ``ip_intel`` row (its kind and ASN), ``unknown`` and no ASN outside
+    every row. Cached per address.
     """
 
     def __init__(self, intel: pa.Table | None, cache_size: int = 65536) -> None:
-        self.by_len: dict[int, dict[Any, str]] = {}
+        self.by_len: dict[int, dict[Any, tuple[str, int | None]]] = {}
         if intel is not None and intel.num_rows:
-            for cidr, kind in zip(intel["cidr"].to_pylist(), intel["kind"].to_pylist(), strict=True):
+            asns = intel["asn"].to_pylist() if "asn" in intel.column_names else [None] * intel.num_rows
+            for cidr, kind, asn in zip(intel["cidr"].to_pylist(), intel["kind"].to_pylist(), asns, strict=True):
                 net = ipaddress.ip_network(cidr, strict=False)
-                self.by_len.setdefault(net.prefixlen, {}).setdefault(net, str(kind))
+                self.by_len.setdefault(net.prefixlen, {}).setdefault(net, (str(kind), None if asn is None else int(asn)))
         self.lengths = sorted(self.by_len, reverse=True)
         self.context = functools.lru_cache(maxsize=cache_size)(self._context)
 
-    def _context(self, ip: str) -> tuple[str | None, str]:
+    def _context(self, ip: str) -> tuple[str | None, str, int | None]:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
-            return None, "unknown"
+            return None, "unknown", None
         prefix = str(ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 48}", strict=False))
         for length in self.lengths:
             if length > addr.max_prefixlen:
                 continue
-            kind = self.by_len[length].get(ipaddress.ip_network(f"{addr}/{length}", strict=False))
-            if kind is not None:
-                return prefix, kind
-        return prefix, "unknown"
+            hit = self.by_len[length].get(ipaddress.ip_network(f"{addr}/{length}", strict=False))
+            if hit is not None:
+                return prefix, hit[0], hit[1]
+        return prefix, "unknown", None
 
 
 def network_signals(ips: Sequence[str], intel: pa.Table | None) -> pl.DataFrame:
-    """``ip_prefix, network_kind`` only: what a check can know cheaply before content signals."""
+    """``ip_prefix, network_kind, asn`` only: what a check can know cheaply before content signals."""
     from distillguard.signals.network import network_context
 
     net = network_context(pa.array(list(ips), pa.string()), intel)
-    frame = pl.from_arrow(net.select(["ip_prefix", "network_kind"]))
+    frame = pl.from_arrow(net.select(["ip_prefix", "network_kind", "asn"]))
     assert isinstance(frame, pl.DataFrame)
     return frame
 

@@ -40,6 +40,25 @@ class Sharing:
 
 
 @dataclass(frozen=True)
+class Counted:
+    """A per-account count graded like sharing: ``weight * clip(k - k0, 0, cap) / cap``, no warm-up.
+
+    ``exit_networks``: ``k`` is the distinct access networks of ``kinds`` the account sent from in
+    the current ``window_minutes`` bucket. ``reasoning_hits``: ``k`` is the account's exchanges
+    whose reasoning-elicitation score is at least ``threshold``, counted while they are at least
+    ``min_share`` of its content exchanges (else 0).
+    """
+
+    weight: float
+    k0: int
+    cap: int
+    window_minutes: float = 0.0
+    kinds: frozenset[str] = frozenset()
+    threshold: float = 0.5
+    min_share: float = 0.0
+
+
+@dataclass(frozen=True)
 class Behaviour:
     """One per-account behaviour signal: ``weight * clip((x - x0) / (1 - x0), 0, 1)``."""
 
@@ -85,6 +104,8 @@ class EnforceSettings:
     propagation: Mapping[str, Sharing]
     propagation_rank: int
     target_capabilities: frozenset[str]
+    exit_networks: Counted
+    reasoning_hits: Counted
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EnforceSettings:
@@ -148,6 +169,24 @@ class EnforceSettings:
                 raise ConfigError("enforce.online.propagation.links.ip needs 0 <= x0 < x1 <= 1")
             if any(s.cap < 1 for s in propagation.values()):
                 raise ConfigError("enforce.online.propagation.links: cap must be >= 1")
+            nets, hits = onl["exit_networks"], onl["reasoning_hits"]
+            exit_networks = Counted(
+                float(nets["weight"]), int(nets["k0"]), int(nets["cap"]), float(nets["window_minutes"]),
+                frozenset(str(k) for k in nets["kinds"]),
+            )
+            reasoning_hits = Counted(
+                float(hits["weight"]), int(hits["k0"]), int(hits["cap"]),
+                threshold=float(hits["threshold"]), min_share=float(hits["min_share"]),
+            )
+            if exit_networks.cap < 1 or reasoning_hits.cap < 1:
+                raise ConfigError("enforce.online.exit_networks / reasoning_hits: cap must be >= 1")
+            if exit_networks.window_minutes <= 0 or not exit_networks.kinds:
+                raise ConfigError(
+                    "enforce.online.exit_networks needs window_minutes > 0 and a non-empty kinds list, "
+                    "e.g. {window_minutes: 1440, kinds: [residential, mobile, unknown, proxy]}"
+                )
+            if not 0.0 < reasoning_hits.threshold <= 1.0 or not 0.0 <= reasoning_hits.min_share <= 1.0:
+                raise ConfigError("enforce.online.reasoning_hits needs 0 < threshold <= 1 and 0 <= min_share <= 1")
             api_key = os.environ.get("DISTILLGUARD_API_KEY") or svc["api_key"]
             cdir = kc["results_dir"]
             return cls(
@@ -185,6 +224,8 @@ class EnforceSettings:
                 propagation=propagation,
                 propagation_rank=ranks[str(prop["min_action"])],
                 target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),
+                exit_networks=exit_networks,
+                reasoning_hits=reasoning_hits,
             )
         except KeyError as exc:
             raise ConfigError(f"enforce configuration is missing key {exc.args[0]!r}") from exc

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pytest
 from datasketch import HyperLogLog
 from fastapi.testclient import TestClient
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 
+from distillguard.enforce.limiter import MemoryWindows
 from distillguard.enforce.online import (
     FEATURES,
     BatchContentSignals,
@@ -134,3 +137,50 @@ def test_record_route_validates_and_names_the_field(config: dict[str, Any]) -> N
     assert client.post("/v1/record", json={"request_id": "r", "account_id": "a", "output_tokens": 7}).json() == {"ok": True}
     view = enforcer.account("a")
     assert view is not None and view.counters["out_tok"] == 7.0 and view.counters["n"] == 1.0
+
+
+class _Clock:
+    """A settable wall clock, read by both limiters under comparison (and by the library's sweeper thread)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_memory_windows_admit_and_refuse_like_the_limits_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same admissions and retry_after as ``limits``' MemoryStorage moving windows, hit for hit, on one clock."""
+    import limits.storage.memory as library_memory
+    from limits import parse
+    from limits.storage import MemoryStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    clock = _Clock(1_750_000_000.0)
+    monkeypatch.setattr(library_memory, "time", clock)
+    library = MovingWindowRateLimiter(MemoryStorage())
+    windows = MemoryWindows(clock=clock.time)
+    # Equal rates under two names share a window in the library (its keys carry the rate only).
+    items = [parse("3/second"), parse("5/minute"), parse("5 per 1 minute"), parse("2 per 10 seconds"), parse("0/hour")]
+    rng = random.Random(5)
+    answers = []
+    for step in range(6000):
+        # Bursts at one instant, small steps and gaps longer than every window; no step lands a hit
+        # exactly on a window's edge (the library itself is inconsistent there, sweep or not).
+        clock.now += rng.choice([0.0, 0.0, rng.uniform(0.0, 0.4), rng.uniform(0.0, 3.0), rng.uniform(50.0, 70.0) * (step % 500 == 0)])
+        item = rng.choice(items)
+        scope, key = rng.choice(["account", "cluster"]), f"k{rng.randrange(7)}"
+        got = windows.hit(item, scope, key)
+        if library.hit(item, scope, key):
+            want = None
+        else:
+            want = max(1.0, math.ceil(library.get_window_stats(item, scope, key).reset_time - clock.now))
+        assert got == want and type(got) is type(want), (step, item, key)
+        answers.append(got)
+    assert answers.count(None) > 1000 and len(answers) - answers.count(None) > 1000  # both answers well exercised
+    assert windows.size() >= 15
+    clock.now += 3600.0
+    for i in range(50):  # keys idle for a whole window go as new ones arrive, a few per hit
+        windows.hit(items[i % len(items)], "account", f"new{i}")
+    held = {key for rate in windows._windows.values() for _, key in rate}
+    assert held and all(key.startswith("new") for key in held)

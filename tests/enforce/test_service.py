@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from distillguard.enforce.online import BatchContentSignals, build_enforcer
-from distillguard.enforce.service import ContentWorker, create_app
+from distillguard.enforce.service import ContentWorker, create_app, http_protocol
+
+from .conftest import free_port
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -123,3 +132,104 @@ def test_content_worker_folds_prompts_off_the_request_path(config: dict[str, Any
     assert after is not None and after.counters["content_n"] == 12.0
     assert after.counters["reasoning_sum"] / 12 > 0.5
     assert after.counters["n"] == 12.0  # content folding never counts an exchange twice
+
+
+@contextlib.contextmanager
+def _uvicorn(app: Any) -> Iterator[tuple[int, Any]]:
+    """``app`` served by a real uvicorn (uvloop, the service's http protocol) on 127.0.0.1, in a thread."""
+    protocol = http_protocol(app)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, loop="uvloop",
+                                          lifespan="off", log_level="warning", access_log=False))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield port, protocol
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _exchange(port: int, raw: bytes, responses: int = 1) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send raw HTTP/1.1 bytes on one connection; read ``responses`` answers (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        buf = b""
+        out: list[tuple[int, dict[str, str], bytes]] = []
+        while len(out) < responses:
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed early"
+                buf += chunk
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines[1:])
+            length = int(headers["content-length"])
+            while len(buf) < length:
+                buf += sock.recv(65536)
+            out.append((int(lines[0].split()[1]), headers, buf[:length]))
+            buf = buf[length:]
+        return out
+
+
+def _post(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+    return f"POST {path} HTTP/1.1\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items()) + b"\r\n" + body
+
+
+def _counted(enforcer: Any) -> tuple[Any, ...]:
+    m = enforcer.metrics
+    return m.checks, m.records, m.rejected, dict(m.decisions), dict(m.limited), sum(m.latency_buckets)
+
+
+def test_uvicorn_protocol_answers_like_the_asgi_path(config: dict[str, Any]) -> None:
+    """A real server (fast protocol) and the ASGI app give the same bytes and state for one sequence of requests."""
+    config["enforce"]["limits"]["account"].update({"allow": "4/minute", "throttle": "2/minute"})
+    config["enforce"]["service"]["max_body_bytes"] = 4096
+    bodies = [_check(i, acct=f"new-{i % 6}", account={"payment_fingerprint": "card-X", "email_domain": f"d{i % 3}.com"})
+              for i in range(30)]  # fmt: skip
+    bad = [b'{"account_id": "acct-1"}', json.dumps({**_check(1), "surprise": 1}).encode(), b"{not json",
+           json.dumps({**_check(2), "prompt": "x" * 40_000}).encode()[:4000], json.dumps(_check(3, prompt="y" * 3000)).encode()]  # fmt: skip
+    record = json.dumps({"request_id": "r1", "account_id": "new-1", "output_tokens": 77}).encode()
+    sequence: list[tuple[str, bytes, dict[str, str]]] = [
+        ("/v1/check", json.dumps(bodies[0]).encode(), {}),  # no key: 401
+        ("/v1/check", json.dumps(bodies[0]).encode(), {"Authorization": "Bearer nope"}),
+        *[("/v1/check", json.dumps(b).encode(), AUTH) for b in bodies],
+        *[("/v1/check", b, AUTH) for b in bad],
+        ("/v1/check", b"{" + b" " * 5000 + b"}", AUTH),  # declared too large: 413 before reading
+        ("/v1/record", record, AUTH),
+        ("/v1/check?trace=1", json.dumps(_check(99)).encode(), AUTH),  # not the plain case: through ASGI
+    ]
+    reference, ref_enforcer = _client(config)
+    want = [reference.post(path, content=body, headers={"content-type": "application/json", **headers})
+            for path, body, headers in sequence]  # fmt: skip
+    enforcer = build_enforcer(config)
+    app = create_app(enforcer, api_key=KEY)
+    with _uvicorn(app) as (port, protocol):
+        got = [_exchange(port, _post(path, body, headers))[0] for path, body, headers in sequence]
+        fast, counted = protocol.answered, _counted(enforcer)
+        # Pipelined: two checks in one write come back in order.
+        pipelined = _exchange(port, _post("/v1/check", json.dumps(_check(100, acct="p")).encode(), AUTH)
+                              + _post("/v1/check", json.dumps(_check(101, acct="q")).encode(), AUTH), responses=2)  # fmt: skip
+        # Behind a request still in flight through ASGI (a thread-pool route), a check waits its turn.
+        health, behind = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                   + _post("/v1/check", json.dumps(_check(102, acct="r")).encode(), AUTH), responses=2)  # fmt: skip
+    assert fast == len(bodies) + len(bad) + 1  # authorised, plain requests; 401s, 413-before-reading, query: ASGI
+    for (status, headers, body), ref in zip(got, want, strict=True):
+        assert (status, body) == (ref.status_code, ref.content)
+        assert headers["content-type"] == ref.headers["content-type"]
+        assert headers.get("www-authenticate") == ref.headers.get("www-authenticate")
+    assert any(b'"limited_by":"account"' in body for _, _, body in got)
+    assert any(json.loads(body).get("action") not in (None, "allow") for status, _, body in got if status == 200)
+    assert [json.loads(b)["request_id"] for _, _, b in pipelined] == ["r100", "r101"]
+    assert health[0] == 200 and json.loads(health[2])["status"] == "ok"
+    assert json.loads(behind[2])["request_id"] == "r102"
+    assert counted == _counted(ref_enforcer)
+    for acct in [f"new-{i}" for i in range(6)]:
+        mine, ref_view = enforcer.account(acct), ref_enforcer.account(acct)
+        assert mine is not None and ref_view is not None
+        assert (mine.counters, mine.action_rank, mine.reasons) == (ref_view.counters, ref_view.action_rank, ref_view.reasons)

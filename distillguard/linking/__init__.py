@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import ibis
 import ibis.expr.types as ir
+import polars as pl
 import pyarrow as pa
 
 from distillguard.core.engine import Engine
@@ -23,6 +25,7 @@ from distillguard.linking.edges import (
     edge_plan,
     edge_sums,
     empty_edges,
+    evidence_families,
     named_edges,
 )
 from distillguard.linking.peer_indicators import ACCOUNT_DETECTORS, peer_detections
@@ -34,7 +37,9 @@ __all__ = ["ACCOUNT_DETECTORS", "CLUSTER_DETECTORS", "EDGE_KINDS", "LinkResult",
 class LinkResult:
     """Everything linking hands to scoring and the outputs."""
 
-    edges: pa.Table  # every edge with both ends in one cluster, named (empty_edges schema)
+    # Edges with both ends in one cluster, named (empty_edges schema): the heaviest
+    # linking.max_cluster_edges of each cluster (cluster features count them all).
+    edges: pa.Table
     indicators: pa.Table
     membership: pa.Table
     features: pa.Table
@@ -76,23 +81,84 @@ def _strong_edges(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> 
 
 def _internal_edges(
     engine: Engine, plan: EdgePlan, membership: pa.Table, config: Mapping[str, Any]
-) -> pa.Table:
-    """Every edge, strong or weak, between two members of one cluster, named, in name order.
+) -> tuple[pa.Table, pa.Table]:
+    """The edges between two members of one cluster: (the heaviest ``linking.max_cluster_edges``
+    of each cluster, named, in name order; per-cluster statistics over all of them).
 
-    The pairs are cut to the clusters before they are summed: summing all of them again (~230M
-    at the seed scale) to keep a few million would cost as much as the strong edges did.
+    The pairs are cut to the clusters before they are summed, slice by slice like the strong
+    edges: a seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics
+    (``EDGE_STATS`` columns) are summed in the engine and only its heaviest edges come out as
+    the campaign subgraph's evidence.
     """
     if membership.num_rows == 0:
-        return empty_edges()
+        return empty_edges(), _empty_stats(config)
+    lcfg = config["linking"]
+    partitions = max(1, int(lcfg.get("edge_partitions", 1)))
+    cap = int(lcfg.get("max_cluster_edges", 0))
+    families = evidence_families(config)
     members = engine.table("cluster_members", membership)
     codes = plan.accounts.join(members, "account_id").select("account_code", "cluster_id")
     ma = codes.select(code_a=codes.account_code, cluster_a=codes.cluster_id)
     mb = codes.select(code_b=codes.account_code, cluster_b=codes.cluster_id)
-    pairs = plan.pairs
-    inside = pairs.join(ma, "code_a").join(mb, "code_b")
-    inside = inside.filter(inside.cluster_a == inside.cluster_b).select(*pairs.columns)
-    named = engine.to_arrow(named_edges(edge_sums(inside, plan.accounts, config), plan.accounts))
-    return named.drop_columns(["code_a", "code_b"]).cast(empty_edges().schema)
+    tops: list[pa.Table] = []
+    stats: list[pa.Table] = []
+    for part in range(partitions):
+        pairs = plan.pairs
+        chunk = pairs if partitions == 1 else pairs.filter(pairs.code_a % partitions == part)
+        inside = chunk.join(ma, "code_a").join(mb, "code_b")
+        inside = inside.filter(inside.cluster_a == inside.cluster_b).select(*pairs.columns)
+        summed = edge_sums(inside, plan.accounts, config).join(ma, "code_a")
+        fam_on = {
+            name: ibis.or_(*[summed[f"w_{k}"] > 0 for k in kinds])
+            for name, kinds in families.items()
+        }
+        stats.append(
+            engine.to_arrow(
+                summed.group_by(cluster_id=summed.cluster_a).agg(
+                    n_edges=summed.count(),
+                    weight_sum=summed.weight.sum(),
+                    **{f"n_w_{k}": (summed[f"w_{k}"] > 0).cast("int64").sum() for k in EDGE_KINDS},
+                    **{f"n_fam_{n}": on.cast("int64").sum() for n, on in fam_on.items()},
+                )
+            )
+        )
+        if cap > 0:
+            rank = ibis.row_number().over(
+                group_by=summed.cluster_a,
+                order_by=[ibis.desc(summed.weight), summed.code_a, summed.code_b],
+            )
+            summed = summed.mutate(rank=rank)
+            summed = summed.filter(summed.rank < cap)
+        kept = summed.select(
+            "code_a", "code_b", "cluster_a", "weight", *[f"w_{k}" for k in EDGE_KINDS]
+        )
+        tops.append(engine.to_arrow(kept))
+    top = pl.from_arrow(pa.concat_tables(tops))
+    assert isinstance(top, pl.DataFrame)
+    if cap > 0:
+        top = (
+            top.sort(["cluster_a", "weight", "code_a", "code_b"], descending=[False, True, False, False])
+            .group_by("cluster_a", maintain_order=True)
+            .head(cap)
+        )
+    kept_codes = engine.table("cluster_edges_kept", top.select("code_a", "code_b").to_arrow())
+    all_pairs = plan.pairs.join(kept_codes, ["code_a", "code_b"]).select(*plan.pairs.columns)
+    named = engine.to_arrow(named_edges(edge_sums(all_pairs, plan.accounts, config), plan.accounts))
+    total = pl.from_arrow(pa.concat_tables(stats))
+    assert isinstance(total, pl.DataFrame)
+    summary = total.group_by("cluster_id").agg(pl.all().sum()).sort("cluster_id")
+    return (
+        named.drop_columns(["code_a", "code_b"]).cast(empty_edges().schema),
+        summary.to_arrow().cast(_empty_stats(config).schema),
+    )
+
+
+def _empty_stats(config: Mapping[str, Any]) -> pa.Table:
+    fields = [pa.field("cluster_id", pa.string()), pa.field("n_edges", pa.int64())]
+    fields += [pa.field("weight_sum", pa.float64())]
+    fields += [pa.field(f"n_w_{k}", pa.int64()) for k in EDGE_KINDS]
+    fields += [pa.field(f"n_fam_{n}", pa.int64()) for n in evidence_families(config)]
+    return pa.schema(fields).empty_table()
 
 
 def link(
@@ -108,11 +174,11 @@ def link(
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
     membership = find_clusters(strong, config, account_names=names)
     del strong
-    edges = _internal_edges(engine, plan, membership, config)
+    edges, edge_stats = _internal_edges(engine, plan, membership, config)
     indicators = engine.to_arrow(plan.indicators)
     act_expr, cap_expr = account_activity_expr(signals)
     activity = engine.to_arrow(act_expr.order_by("account_id"))
     capabilities = engine.to_arrow(cap_expr.order_by(["account_id", "capability"]))
-    features = cluster_features(membership, edges, activity, capabilities, config)
+    features = cluster_features(membership, edge_stats, activity, capabilities, config)
     shared = shared_indicators(membership, indicators)
     return LinkResult(edges, indicators, membership, features, activity, capabilities, shared)

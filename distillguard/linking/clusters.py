@@ -38,7 +38,7 @@ def account_activity_expr(signals: ir.Table) -> tuple[ir.Table, ir.Table]:
 
 def cluster_features(
     membership: pa.Table,
-    edges: pa.Table,
+    edge_stats: pa.Table,
     activity: pa.Table,
     capabilities: pa.Table,
     config: Mapping[str, Any],
@@ -58,12 +58,7 @@ def cluster_features(
         return _empty_features()
     act = pl.from_arrow(activity)
     cap = pl.from_arrow(capabilities)
-    edg = pl.from_arrow(edges)
-    assert (
-        isinstance(act, pl.DataFrame)
-        and isinstance(cap, pl.DataFrame)
-        and isinstance(edg, pl.DataFrame)
-    )
+    assert isinstance(act, pl.DataFrame) and isinstance(cap, pl.DataFrame)
     base = (
         mem.join(act, on="account_id", how="left")
         .group_by("cluster_id")
@@ -74,16 +69,16 @@ def cluster_features(
             last_ts=pl.col("last_ts").max(),
         )
     )
-    ma = mem.rename({"account_id": "account_a", "cluster_id": "ca"})
-    mb = mem.rename({"account_id": "account_b", "cluster_id": "cb"})
-    internal = (
-        edg.join(ma, on="account_a").join(mb, on="account_b").filter(pl.col("ca") == pl.col("cb"))
-    )
-    kind_aggs = [(pl.col(f"w_{k}") > 0).mean().alias(f"share_{k}") for k in EDGE_KINDS]
-    estats = (
-        internal.group_by("ca")
-        .agg(pl.len().alias("n_edges"), pl.col("weight").mean().alias("mean_weight"), *kind_aggs)
-        .rename({"ca": "cluster_id"})
+    stats = pl.from_arrow(edge_stats)
+    assert isinstance(stats, pl.DataFrame)
+    families = evidence_families(config)
+    n = pl.col("n_edges")
+    estats = stats.select(
+        "cluster_id",
+        "n_edges",
+        mean_weight=pl.col("weight_sum") / n,
+        **{f"share_{k}": pl.col(f"n_w_{k}") / n for k in EDGE_KINDS},
+        **{f"fam_{name}": pl.col(f"n_fam_{name}") / n for name in families},
     )
     capc = (
         mem.join(cap, on="account_id")
@@ -106,16 +101,8 @@ def cluster_features(
         *[pl.col(c).fill_null(0.0) for c in share_cols],
         pl.col("n_classified").fill_null(0).cast(pl.Int64),
     )
-    families = evidence_families(config)
-    family_aggs = [
-        pl.any_horizontal([pl.col(f"w_{k}") > 0 for k in kinds]).mean().alias(f"fam_{name}")
-        for name, kinds in families.items()
-    ]
-    fam = internal.group_by("ca").agg(*family_aggs).rename({"ca": "cluster_id"})
     fam_cols = [f"fam_{name}" for name in families]
-    out = out.join(fam, on="cluster_id", how="left").with_columns(
-        *[pl.col(c).fill_null(0.0) for c in fam_cols]
-    )
+    out = out.with_columns(*[pl.col(c).fill_null(0.0) for c in fam_cols])
     out = out.with_columns(
         density=pl.col("n_edges") / (pl.col("size") * (pl.col("size") - 1) / 2),
         n_kinds=pl.sum_horizontal([(pl.col(c) >= min_share).cast(pl.Int64) for c in fam_cols]),

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from distillguard.engines.embedded import EmbeddedEngine
-from distillguard.linking import LinkResult
+from distillguard.linking import LinkResult, link
 from distillguard.linking.edges import edge_expressions
 
 from .conftest import small_world_config
@@ -165,3 +165,39 @@ def test_link_keeps_every_edge_inside_a_cluster_and_no_other(
     # DuckDB sums in parallel: the last bits of a weight may differ between two runs.
     for column in [c for c in kept.columns if c not in pairs]:
         assert (kept[column] - expected[column]).abs().max() <= 1e-9, column
+
+
+def test_cluster_edge_cap_keeps_the_heaviest_and_features_count_them_all(
+    world: tuple[pa.Table, pa.Table], linked: LinkResult
+) -> None:
+    sig, acc = world
+    config = small_world_config()
+    config["linking"]["max_cluster_edges"] = 5
+    engine = EmbeddedEngine()
+    capped = link(engine, engine.table("signals", sig), engine.table("accounts", acc), config)
+    assert capped.membership.equals(linked.membership)
+    full = pl.from_arrow(linked.edges)
+    kept = pl.from_arrow(capped.edges)
+    assert isinstance(full, pl.DataFrame) and isinstance(kept, pl.DataFrame)
+    cluster = dict(
+        zip(
+            linked.membership["account_id"].to_pylist(),
+            linked.membership["cluster_id"].to_pylist(),
+            strict=True,
+        )
+    )
+    for frame in (full, kept):
+        frame.insert_column(0, pl.Series("cid", [cluster[a] for a in frame["account_a"]]))
+    n_clusters = len(set(cluster.values()))
+    assert kept.height == 5 * n_clusters < full.height
+    for cid, group in kept.group_by("cid"):
+        heaviest = full.filter(pl.col("cid") == cid[0])["weight"].sort(descending=True)[:5]
+        assert (group["weight"].sort(descending=True) - heaviest).abs().max() <= 1e-9
+    # Cluster features still count every internal edge, not the kept ones.
+    a = pl.from_arrow(linked.features)
+    b = pl.from_arrow(capped.features)
+    assert isinstance(a, pl.DataFrame) and isinstance(b, pl.DataFrame)
+    assert a["n_edges"].to_list() == b["n_edges"].to_list()
+    assert a["n_edges"].sum() == full.height
+    for column in ["mean_weight", "density", "share_ip", "n_kinds"]:
+        assert (a[column] - b[column]).abs().max() <= 1e-9, column

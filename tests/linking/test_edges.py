@@ -138,6 +138,17 @@ def test_edges_are_deterministic_and_row_order_free(world: tuple[pa.Table, pa.Ta
     assert isinstance(diff, float) and diff < 1e-9
 
 
+def _cluster_of(linked: LinkResult) -> dict[str, str]:
+    membership = linked.membership
+    return dict(
+        zip(
+            membership["account_id"].to_pylist(),
+            membership["cluster_id"].to_pylist(),
+            strict=True,
+        )
+    )
+
+
 def test_link_keeps_every_edge_inside_a_cluster_and_no_other(
     linked: LinkResult, all_edges: pa.Table
 ) -> None:
@@ -145,13 +156,7 @@ def test_link_keeps_every_edge_inside_a_cluster_and_no_other(
     full = pl.from_arrow(all_edges)
     kept = pl.from_arrow(linked.edges)
     assert isinstance(full, pl.DataFrame) and isinstance(kept, pl.DataFrame)
-    cluster = dict(
-        zip(
-            linked.membership["account_id"].to_pylist(),
-            linked.membership["cluster_id"].to_pylist(),
-            strict=True,
-        )
-    )
+    cluster = _cluster_of(linked)
     same = [
         cluster.get(a) is not None and cluster.get(a) == cluster.get(b)
         for a, b in zip(full["account_a"], full["account_b"], strict=True)
@@ -179,13 +184,7 @@ def test_cluster_edge_cap_keeps_the_heaviest_and_features_count_them_all(
     full = pl.from_arrow(linked.edges)
     kept = pl.from_arrow(capped.edges)
     assert isinstance(full, pl.DataFrame) and isinstance(kept, pl.DataFrame)
-    cluster = dict(
-        zip(
-            linked.membership["account_id"].to_pylist(),
-            linked.membership["cluster_id"].to_pylist(),
-            strict=True,
-        )
-    )
+    cluster = _cluster_of(linked)
     for frame in (full, kept):
         frame.insert_column(0, pl.Series("cid", [cluster[a] for a in frame["account_a"]]))
     n_clusters = len(set(cluster.values()))

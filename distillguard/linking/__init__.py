@@ -48,6 +48,15 @@ class LinkResult:
     shared: Mapping[str, list[dict[str, Any]]]
 
 
+def _slices(pairs: ir.Table, config: Mapping[str, Any]) -> list[ir.Table]:
+    """The pairs in ``linking.edge_partitions`` slices of ``code_a``: every row of a pair lands
+    in one slice, so each slice sums to whole edges."""
+    partitions = max(1, int(config["linking"].get("edge_partitions", 1)))
+    if partitions == 1:
+        return [pairs]
+    return [pairs.filter(pairs.code_a % partitions == part) for part in range(partitions)]
+
+
 def _strong_edges(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> pa.Table:
     """The coded edges at or above ``graph.min_edge_weight``: codes, weight, and whether each
     kind contributed (booleans), in no particular order.
@@ -57,13 +66,9 @@ def _strong_edges(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> 
     strong (a hydra of 25,000 heads), and one aggregation over all of them does not fit the
     engine's memory cap. Codes travel as int32 and kinds as booleans, ~17 bytes an edge.
     """
-    lcfg = config["linking"]
-    threshold = float(lcfg["graph"]["min_edge_weight"])
-    partitions = max(1, int(lcfg.get("edge_partitions", 1)))
-    pairs = plan.pairs
+    threshold = float(config["linking"]["graph"]["min_edge_weight"])
     slices = []
-    for part in range(partitions):
-        chunk = pairs if partitions == 1 else pairs.filter(pairs.code_a % partitions == part)
+    for chunk in _slices(plan.pairs, config):
         summed = edge_sums(chunk, plan.accounts, config)
         strong = summed.filter(summed.weight >= threshold)
         slices.append(
@@ -87,14 +92,13 @@ def _internal_edges(
 
     The pairs are cut to the clusters before they are summed, slice by slice like the strong
     edges: a seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics
-    (``EDGE_STATS`` columns) are summed in the engine and only its heaviest edges come out as
-    the campaign subgraph's evidence.
+    (the columns of :func:`_empty_stats`) are summed in the engine and only its heaviest edges
+    come out as the campaign subgraph's evidence. Each slice's sums are held once and read
+    twice (statistics, heaviest edges).
     """
     if membership.num_rows == 0:
         return empty_edges(), _empty_stats(config)
-    lcfg = config["linking"]
-    partitions = max(1, int(lcfg.get("edge_partitions", 1)))
-    cap = int(lcfg.get("max_cluster_edges", 0))
+    cap = int(config["linking"].get("max_cluster_edges", 0))
     families = evidence_families(config)
     members = engine.table("cluster_members", membership)
     codes = plan.accounts.join(members, "account_id").select("account_code", "cluster_id")
@@ -102,12 +106,11 @@ def _internal_edges(
     mb = codes.select(code_b=codes.account_code, cluster_b=codes.cluster_id)
     tops: list[pa.Table] = []
     stats: list[pa.Table] = []
-    for part in range(partitions):
-        pairs = plan.pairs
-        chunk = pairs if partitions == 1 else pairs.filter(pairs.code_a % partitions == part)
+    columns = ["code_a", "code_b", "weight", "n_kinds", *[f"w_{k}" for k in EDGE_KINDS]]
+    for chunk in _slices(plan.pairs, config):
         inside = chunk.join(ma, "code_a").join(mb, "code_b")
-        inside = inside.filter(inside.cluster_a == inside.cluster_b).select(*pairs.columns)
-        summed = edge_sums(inside, plan.accounts, config).join(ma, "code_a")
+        inside = inside.filter(inside.cluster_a == inside.cluster_b).select(*chunk.columns)
+        summed = engine.cache(edge_sums(inside, plan.accounts, config).join(ma, "code_a"))
         fam_on = {
             name: ibis.or_(*[summed[f"w_{k}"] > 0 for k in kinds])
             for name, kinds in families.items()
@@ -129,10 +132,7 @@ def _internal_edges(
             )
             summed = summed.mutate(rank=rank)
             summed = summed.filter(summed.rank < cap)
-        kept = summed.select(
-            "code_a", "code_b", "cluster_a", "weight", *[f"w_{k}" for k in EDGE_KINDS]
-        )
-        tops.append(engine.to_arrow(kept))
+        tops.append(engine.to_arrow(summed.select(*columns, "cluster_a")))
     top = pl.from_arrow(pa.concat_tables(tops))
     assert isinstance(top, pl.DataFrame)
     if cap > 0:
@@ -141,9 +141,8 @@ def _internal_edges(
             .group_by("cluster_a", maintain_order=True)
             .head(cap)
         )
-    kept_codes = engine.table("cluster_edges_kept", top.select("code_a", "code_b").to_arrow())
-    all_pairs = plan.pairs.join(kept_codes, ["code_a", "code_b"]).select(*plan.pairs.columns)
-    named = engine.to_arrow(named_edges(edge_sums(all_pairs, plan.accounts, config), plan.accounts))
+    kept = engine.table("cluster_edges_kept", top.select(columns).to_arrow())
+    named = engine.to_arrow(named_edges(kept, plan.accounts))
     total = pl.from_arrow(pa.concat_tables(stats))
     assert isinstance(total, pl.DataFrame)
     summary = total.group_by("cluster_id").agg(pl.all().sum()).sort("cluster_id")

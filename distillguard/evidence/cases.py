@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,9 @@ def derive_ip_key(signing_key: Ed25519PrivateKey, campaign_id: str) -> bytes:
     raw = signing_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    return hmac.new(raw, b"distillguard/ip-key/" + campaign_id.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.new(
+        raw, b"distillguard/ip-key/" + campaign_id.encode("utf-8"), hashlib.sha256
+    ).digest()
 
 
 def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
@@ -98,7 +100,9 @@ def _campaign_rows(
     ).unique(subset="account_id", keep="first", maintain_order=True)
     wanted = pc.field("account_id").isin(pa.array(owner["account_id"].to_list(), pa.string()))
     source = pads.dataset(exchanges) if isinstance(exchanges, pa.Table) else exchanges
-    light = pl.from_arrow(source.to_table(columns=["account_id", "ts", "request_id"], filter=wanted))
+    light = pl.from_arrow(
+        source.to_table(columns=["account_id", "ts", "request_id"], filter=wanted)
+    )
     assert isinstance(light, pl.DataFrame)
     light = light.join(owner, on="account_id")
     sizes = light.group_by("campaign_id").agg(
@@ -129,6 +133,33 @@ def _campaign_rows(
     else:
         rows = source.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
     return rows, scopes
+
+
+def _rows_by_campaign(
+    rows: pa.Table, campaigns: list[dict[str, Any]]
+) -> Callable[[int, pa.Array], pa.Table]:
+    """A lookup of each campaign's rows (by its position), in the order of ``rows``.
+
+    Clusters are disjoint, so the rows are split once by owner; filtering every row per campaign
+    was quadratic (thousands of small clusters at the seed scale). Should an account belong to
+    two campaigns, the lookup falls back to filtering by the members.
+    """
+    owner = pl.DataFrame(
+        [(str(m), position) for position, c in enumerate(campaigns) for m in c.get("members", [])],
+        schema={"account_id": pl.String, "position": pl.Int64},
+        orient="row",
+    )
+    if owner["account_id"].is_duplicated().any():
+        return lambda _, ids: rows.filter(pc.is_in(rows["account_id"], value_set=ids))
+    account = pl.from_arrow(rows.select(["account_id"]))
+    assert isinstance(account, pl.DataFrame)
+    located = account.with_row_index("row").join(owner, on="account_id").sort("row")
+    parts = {
+        int(key[0]): part["row"].to_numpy()
+        for key, part in located.partition_by("position", as_dict=True, maintain_order=True).items()
+    }
+    empty = rows.schema.empty_table()
+    return lambda position, _: rows.take(parts[position]) if position in parts else empty
 
 
 def write_campaign_cases(
@@ -167,10 +198,11 @@ def write_campaign_cases(
         "signer": signer,
     }
     roots: dict[str, tuple[Path, str]] = {}
-    for campaign in campaigns:
+    by_campaign = _rows_by_campaign(rows, campaigns)
+    for position, campaign in enumerate(campaigns):
         campaign_id = str(campaign["id"])
         ids = pa.array(sorted(str(m) for m in campaign.get("members", [])), pa.string())
-        own = rows.filter(pc.is_in(rows["account_id"], value_set=ids))
+        own = by_campaign(position, ids)
         if own.num_rows == 0:
             continue
         case_dir = out / CASES_DIR / campaign_id

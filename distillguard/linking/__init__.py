@@ -10,6 +10,7 @@ import ibis
 import ibis.expr.types as ir
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from distillguard.core.engine import Engine
 from distillguard.linking.clusters import (
@@ -17,6 +18,7 @@ from distillguard.linking.clusters import (
     account_activity_expr,
     cluster_features,
     shared_indicators,
+    shared_indicators_expr,
 )
 from distillguard.linking.communities import find_clusters
 from distillguard.linking.edges import (
@@ -30,7 +32,14 @@ from distillguard.linking.edges import (
 )
 from distillguard.linking.peer_indicators import ACCOUNT_DETECTORS, peer_detections
 
-__all__ = ["ACCOUNT_DETECTORS", "CLUSTER_DETECTORS", "EDGE_KINDS", "LinkResult", "link", "peer_detections"]
+__all__ = [
+    "ACCOUNT_DETECTORS",
+    "CLUSTER_DETECTORS",
+    "EDGE_KINDS",
+    "LinkResult",
+    "link",
+    "peer_detections",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,6 @@ class LinkResult:
     # Edges with both ends in one cluster, named (empty_edges schema): the heaviest
     # linking.max_cluster_edges of each cluster (cluster features count them all).
     edges: pa.Table
-    indicators: pa.Table
     membership: pa.Table
     features: pa.Table
     activity: pa.Table
@@ -90,54 +98,67 @@ def _internal_edges(
     """The edges between two members of one cluster: (the heaviest ``linking.max_cluster_edges``
     of each cluster, named, in name order; per-cluster statistics over all of them).
 
-    The pairs are cut to the clusters before they are summed, slice by slice like the strong
-    edges: a seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics
-    (the columns of :func:`_empty_stats`) are summed in the engine and only its heaviest edges
-    come out as the campaign subgraph's evidence. Each slice's sums are held once and read
-    twice (statistics, heaviest edges).
+    Slice by slice like the strong edges, each slice's pairs are summed and then cut to the
+    edges with both ends in one cluster (clusters numbered as integers for the joins): a
+    seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics (the columns
+    of :func:`_empty_stats`) are summed in the engine and only its heaviest edges come out as
+    the campaign subgraph's evidence. A slice is summed twice (statistics, heaviest edges)
+    rather than held: writing ~25M summed edges per slice into the engine's database cost
+    several times the sum itself at the seed scale.
     """
     if membership.num_rows == 0:
         return empty_edges(), _empty_stats(config)
     cap = int(config["linking"].get("max_cluster_edges", 0))
     families = evidence_families(config)
-    members = engine.table("cluster_members", membership)
-    codes = plan.accounts.join(members, "account_id").select("account_code", "cluster_id")
-    ma = codes.select(code_a=codes.account_code, cluster_a=codes.cluster_id)
-    mb = codes.select(code_b=codes.account_code, cluster_b=codes.cluster_id)
+    cluster_of = pl.Series(membership["cluster_id"])
+    cluster_names = cluster_of.unique().sort()
+    numbers = pl.int_range(cluster_names.len(), eager=True, dtype=pl.Int32)
+    numbered = pa.table(
+        {
+            "account_id": membership["account_id"],
+            "cluster_no": cluster_of.replace_strict(cluster_names, numbers).to_arrow(),
+        }
+    )
+    members = engine.table("cluster_numbers", numbered)
+    codes = plan.accounts.join(members, "account_id").select("account_code", "cluster_no")
+    ma = codes.select(code_a=codes.account_code, cluster_a=codes.cluster_no)
+    mb = codes.select(code_b=codes.account_code, cluster_b=codes.cluster_no)
     tops: list[pa.Table] = []
     stats: list[pa.Table] = []
     columns = ["code_a", "code_b", "weight", "n_kinds", *[f"w_{k}" for k in EDGE_KINDS]]
     for chunk in _slices(plan.pairs, config):
-        inside = chunk.join(ma, "code_a").join(mb, "code_b")
-        inside = inside.filter(inside.cluster_a == inside.cluster_b).select(*chunk.columns)
-        summed = engine.cache(edge_sums(inside, plan.accounts, config).join(ma, "code_a"))
+        summed = edge_sums(chunk, plan.accounts, config)
+        inside = summed.join(ma, "code_a").join(mb, "code_b")
+        inside = inside.filter(inside.cluster_a == inside.cluster_b)
         fam_on = {
-            name: ibis.or_(*[summed[f"w_{k}"] > 0 for k in kinds])
+            name: ibis.or_(*[inside[f"w_{k}"] > 0 for k in kinds])
             for name, kinds in families.items()
         }
         stats.append(
             engine.to_arrow(
-                summed.group_by(cluster_id=summed.cluster_a).agg(
-                    n_edges=summed.count(),
-                    weight_sum=summed.weight.sum(),
-                    **{f"n_w_{k}": (summed[f"w_{k}"] > 0).cast("int64").sum() for k in EDGE_KINDS},
+                inside.group_by(cluster_no=inside.cluster_a).agg(
+                    n_edges=inside.count(),
+                    weight_sum=inside.weight.sum(),
+                    **{f"n_w_{k}": (inside[f"w_{k}"] > 0).cast("int64").sum() for k in EDGE_KINDS},
                     **{f"n_fam_{n}": on.cast("int64").sum() for n, on in fam_on.items()},
                 )
             )
         )
         if cap > 0:
             rank = ibis.row_number().over(
-                group_by=summed.cluster_a,
-                order_by=[ibis.desc(summed.weight), summed.code_a, summed.code_b],
+                group_by=inside.cluster_a,
+                order_by=[ibis.desc(inside.weight), inside.code_a, inside.code_b],
             )
-            summed = summed.mutate(rank=rank)
-            summed = summed.filter(summed.rank < cap)
-        tops.append(engine.to_arrow(summed.select(*columns, "cluster_a")))
+            inside = inside.mutate(rank=rank)
+            inside = inside.filter(inside.rank < cap)
+        tops.append(engine.to_arrow(inside.select(*columns, "cluster_a")))
     top = pl.from_arrow(pa.concat_tables(tops))
     assert isinstance(top, pl.DataFrame)
     if cap > 0:
         top = (
-            top.sort(["cluster_a", "weight", "code_a", "code_b"], descending=[False, True, False, False])
+            top.sort(
+                ["cluster_a", "weight", "code_a", "code_b"], descending=[False, True, False, False]
+            )
             .group_by("cluster_a", maintain_order=True)
             .head(cap)
         )
@@ -145,11 +166,66 @@ def _internal_edges(
     named = engine.to_arrow(named_edges(kept, plan.accounts))
     total = pl.from_arrow(pa.concat_tables(stats))
     assert isinstance(total, pl.DataFrame)
-    summary = total.group_by("cluster_id").agg(pl.all().sum()).sort("cluster_id")
+    summary = total.group_by("cluster_no").agg(pl.all().sum())
+    summary = summary.with_columns(
+        cluster_id=cluster_names.gather(summary.get_column("cluster_no").cast(pl.UInt32))
+    ).sort("cluster_id")
     return (
         named.drop_columns(["code_a", "code_b"]).cast(empty_edges().schema),
-        summary.to_arrow().cast(_empty_stats(config).schema),
+        summary.select(_empty_stats(config).column_names)
+        .to_arrow()
+        .cast(_empty_stats(config).schema),
     )
+
+
+def _one_location_clusters(
+    engine: Engine,
+    plan: EdgePlan,
+    membership: pa.Table,
+    edge_stats: pa.Table,
+    config: Mapping[str, Any],
+) -> list[str]:
+    """Clusters that are one place, not an operation: tied by the network alone, through at most
+    ``linking.location_max_addresses`` shared address (and as many shared prefixes).
+
+    A household, a carrier-grade NAT or a small office shares one address for weeks, so its
+    accounts are tied strongly, window after window; an operation's accounts rotate through a
+    pool and share many addresses, or share something besides the network. At the seed scale
+    (676k accounts) ~13,000 groups of 3–19 home users on one residential address each formed
+    a cluster, and their members' own small oddities then made them look like campaigns. A
+    family other than the network counts when on ``min_kind_share`` of the internal edges.
+    0 keeps every cluster.
+    """
+    max_addresses = int(config["linking"].get("location_max_addresses", 0))
+    if max_addresses <= 0 or membership.num_rows == 0 or edge_stats.num_rows == 0:
+        return []
+    families = evidence_families(config)
+    network = [name for name, kinds in families.items() if "ip" in kinds or "prefix" in kinds]
+    others = [name for name in families if name not in network]
+    min_share = float(config["linking"].get("min_kind_share", 0.2))
+    stats = pl.from_arrow(edge_stats)
+    assert isinstance(stats, pl.DataFrame)
+    n = pl.col("n_edges").cast(pl.Float64)
+    network_only = stats.filter(
+        pl.any_horizontal([pl.col(f"n_fam_{f}") >= min_share * n for f in network]),
+        *[pl.col(f"n_fam_{f}") < min_share * n for f in others],
+    ).get_column("cluster_id")
+    if network_only.len() == 0:
+        return []
+    candidates = membership.filter(pc.is_in(membership["cluster_id"], network_only.to_arrow()))
+    members = engine.table("location_candidates", candidates)
+    memberships = plan.indicators.filter(plan.indicators.kind.isin(["ip", "prefix"]))
+    held = memberships.join(members, "account_id")
+    shared = held.group_by(["cluster_id", "kind", "key"]).agg(
+        n_members=ibis._.count(), address=held.address.max()
+    )
+    shared = shared.filter(shared.n_members >= 2)
+    places = shared.group_by(["cluster_id", "kind"]).agg(n_addresses=shared.address.nunique())
+    counted = pl.from_arrow(engine.to_arrow(places))
+    assert isinstance(counted, pl.DataFrame)
+    widest = counted.group_by("cluster_id").agg(pl.col("n_addresses").max())
+    many = widest.filter(pl.col("n_addresses") > max_addresses).get_column("cluster_id")
+    return sorted(set(network_only.to_list()) - set(many.to_list()))
 
 
 def _empty_stats(config: Mapping[str, Any]) -> pa.Table:
@@ -174,10 +250,19 @@ def link(
     membership = find_clusters(strong, config, account_names=names)
     del strong
     edges, edge_stats = _internal_edges(engine, plan, membership, config)
-    indicators = engine.to_arrow(plan.indicators)
     act_expr, cap_expr = account_activity_expr(signals)
     activity = engine.to_arrow(act_expr.order_by("account_id"))
     capabilities = engine.to_arrow(cap_expr.order_by(["account_id", "capability"]))
+    located = _one_location_clusters(engine, plan, membership, edge_stats, config)
+    if located:
+        membership = membership.filter(
+            pc.invert(pc.is_in(membership["cluster_id"], pa.array(located)))
+        )
+        kept = membership["account_id"]
+        edges = edges.filter(pc.is_in(edges["account_a"], kept))
+        edge_stats = edge_stats.filter(pc.is_in(edge_stats["cluster_id"], membership["cluster_id"]))
     features = cluster_features(membership, edge_stats, activity, capabilities, config)
-    shared = shared_indicators(membership, indicators)
-    return LinkResult(edges, indicators, membership, features, activity, capabilities, shared)
+    # The indicator memberships (every address window every account used) stay in the engine.
+    members = engine.table("cluster_membership", membership)
+    shared = shared_indicators(engine.to_arrow(shared_indicators_expr(plan.indicators, members)))
+    return LinkResult(edges, membership, features, activity, capabilities, shared)

@@ -337,26 +337,41 @@ CLUSTER_DETECTORS: dict[str, type[Any]] = {
 VOLUME_SIGNALS: frozenset[str] = frozenset({"cluster.size"})
 
 
-def shared_indicators(
-    membership: pa.Table, indicators: pa.Table, per_kind: int = 5
-) -> dict[str, list[dict[str, Any]]]:
-    """Per cluster: the keys (per kind, most-shared first) held by at least two members."""
-    mem = pl.from_arrow(membership)
-    ind = pl.from_arrow(indicators)
-    assert isinstance(mem, pl.DataFrame) and isinstance(ind, pl.DataFrame)
-    if mem.height == 0 or ind.height == 0:
-        return {}
-    hits = (
-        ind.join(mem, on="account_id")
-        .group_by(["cluster_id", "kind", "key"])
-        .agg(n_members=pl.col("account_id").n_unique(), key_weight=pl.col("key_weight").max())
-        .filter(pl.col("n_members") >= 2)
-        .sort(["cluster_id", "kind", "n_members", "key"], descending=[False, False, True, False])
-        .group_by(["cluster_id", "kind"], maintain_order=True)
-        .head(per_kind)
+def shared_indicators_expr(indicators: ir.Table, members: ir.Table, per_kind: int = 5) -> ir.Table:
+    """Per cluster and kind, the ``per_kind`` keys held by the most members (at least two), as
+    an Ibis expression: ``cluster_id, kind, key, n_members, key_weight``.
+
+    ``indicators`` has one row per (kind, key, account) and ``members`` is (account_id,
+    cluster_id). At the seed scale the indicator memberships are ~10^8 rows (every address
+    window every account used): they are joined and ranked in the engine, and only the few
+    keys shown per cluster leave it.
+    """
+    joined = indicators.join(members, "account_id")
+    hits = joined.group_by(["cluster_id", "kind", "key"]).agg(
+        # one row per (kind, key, account): the row count is the member count
+        n_members=ibis._.count(),
+        key_weight=joined.key_weight.max(),
     )
+    hits = hits.filter(hits.n_members >= 2)
+    rank = ibis.row_number().over(
+        group_by=[hits.cluster_id, hits.kind], order_by=[ibis.desc(hits.n_members), hits.key]
+    )
+    hits = hits.mutate(rank=rank)
+    return hits.filter(hits.rank < per_kind).drop("rank")
+
+
+def shared_indicators(hits: pa.Table) -> dict[str, list[dict[str, Any]]]:
+    """The rows of :func:`shared_indicators_expr`, per cluster (kinds in name order, most-shared
+    key first)."""
+    table = pl.from_arrow(hits)
+    assert isinstance(table, pl.DataFrame)
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in hits.iter_rows(named=True):
+    if table.height == 0:
+        return out
+    ordered = table.sort(
+        ["cluster_id", "kind", "n_members", "key"], descending=[False, False, True, False]
+    )
+    for row in ordered.iter_rows(named=True):
         out.setdefault(row["cluster_id"], []).append(
             {
                 "kind": row["kind"],

@@ -117,6 +117,36 @@ def test_member_without_the_cluster_signature_is_left_out() -> None:
     assert set(find_clusters(table, config)["account_id"].to_pylist()) == set(heads + batch)
 
 
+def test_member_tied_to_most_of_the_group_stays_without_the_signature() -> None:
+    # A lightly active head sends no scaffold often enough, but rotating through the pool it is
+    # strongly tied to 8 of the 12 other heads; the customer on a rented exit is tied to 4.
+    heads = [f"h{i:02d}" for i in range(12)]
+    pairs = [(a, b, 4.0) for i, a in enumerate(heads) for b in heads[i + 1 :]]
+    pairs += [("light", h, 3.0) for h in heads[:8]] + [("cust", h, 3.0) for h in heads[8:]]
+    table = _edges(pairs)
+    network_only = [
+        "light" in (a, b) or "cust" in (a, b)
+        for a, b in zip(table["account_a"].to_pylist(), table["account_b"].to_pylist(), strict=True)
+    ]
+    table = table.set_column(
+        table.schema.get_field_index("w_ip"), "w_ip", pa.array([2.5] * table.num_rows)
+    )
+    table = table.set_column(
+        table.schema.get_field_index("w_template"),
+        "w_template",
+        pa.array([0.0 if n else 1.0 for n in network_only]),
+    )
+    config = small_world_config()
+    config["linking"]["graph"]["majority_member_share"] = 0.5
+    config["linking"]["graph"]["majority_min_ties"] = 8
+    assert set(find_clusters(table, config)["account_id"].to_pylist()) == {*heads, "light"}
+    config["linking"]["graph"]["majority_member_share"] = 1.01  # the signature alone drops it
+    assert set(find_clusters(table, config)["account_id"].to_pylist()) == set(heads)
+    config["linking"]["graph"]["majority_member_share"] = 0.5
+    config["linking"]["graph"]["majority_min_ties"] = 9  # eight ties are not enough in a handful
+    assert set(find_clusters(table, config)["account_id"].to_pylist()) == set(heads)
+
+
 def _two_groups_and_a_bridge(rng: np.random.Generator) -> list[tuple[str, str, float]]:
     """Two dense 40-account groups (70 % of pairs, weights 2–4) tied by 30 cross edges."""
     groups = [[f"{tag}{i:02d}" for i in range(40)] for tag in ("p", "q")]

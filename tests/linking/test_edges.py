@@ -200,3 +200,68 @@ def test_cluster_edge_cap_keeps_the_heaviest_and_features_count_them_all(
     assert a["n_edges"].sum() == full.height
     for column in ["mean_weight", "density", "share_ip", "n_kinds"]:
         assert (a[column] - b[column]).abs().max() <= 1e-9, column
+
+
+def _household_and_pool() -> tuple[pa.Table, pa.Table]:
+    """Four accounts on one home address for three weeks, and four that share as many
+    (address, window) keys spread over a rented pool of many addresses; nothing else shared."""
+    s = Synth(11)
+    add_background(s, n=40)
+    for group in ("home", "pool"):
+        for i in range(4):
+            aid = f"{group}-{i}"
+            s.account(aid, T0 - 200 * DAY - i * DAY, f"mail{i}.example", f"pf-{aid}", f"9.8.{i}.7")
+    for day in range(21):
+        for i in range(4):
+            t = T0 + day * DAY + i * 20 * 60_000
+            s.exchange(f"home-{i}", t, "71.10.20.30", "residential")
+            s.exchange(f"pool-{i}", t + 12 * 3_600_000, f"72.10.{day}.40", "residential")
+    return s.tables()
+
+
+def _household_and_pool_edges(distinct_address: bool) -> pl.DataFrame:
+    sig, acc = _household_and_pool()
+    config = small_world_config()
+    for kind in ("ip", "prefix"):
+        config["linking"]["kinds"][kind]["distinct_address"] = distinct_address
+    engine = EmbeddedEngine()
+    e, _ = edge_expressions(engine.table("s", sig), engine.table("a", acc), config)
+    return _group_edges(engine.to_arrow(e))
+
+
+def test_one_shared_home_address_is_not_a_proxy_pool() -> None:
+    # A household or carrier-grade NAT shares one address for weeks; an operation's accounts
+    # rotate through many. Counting each shared address once tells them apart. (Both groups
+    # here are also co-active, which synchrony scores on its own; only the network is compared.)
+    threshold = small_world_config()["linking"]["graph"]["min_edge_weight"]
+
+    def network(df: pl.DataFrame) -> pl.Series:
+        return df["w_ip"] + df["w_prefix"]
+
+    edges = _household_and_pool_edges(distinct_address=True)
+    home, pool = _within(edges, "home"), _within(edges, "pool")
+    assert home.height == 6 and pool.height == 6
+    assert network(home).max() < threshold
+    assert network(pool).min() >= threshold
+    # Summing every window instead (the near miss) makes the household as strong as the pool.
+    summed = _within(_household_and_pool_edges(distinct_address=False), "home")
+    assert network(summed).min() >= threshold
+
+
+def test_a_cluster_on_one_address_is_a_place_not_an_operation() -> None:
+    # Tied only by the network: the household through one address, the pool through 21.
+    sig, acc = _household_and_pool()
+    clusters = {}
+    for max_addresses in (1, 0):
+        config = small_world_config()
+        config["linking"]["location_max_addresses"] = max_addresses
+        engine = EmbeddedEngine()
+        result = link(engine, engine.table("s", sig), engine.table("a", acc), config)
+        groups = {aid.split("-")[0] for aid in result.membership["account_id"].to_pylist()}
+        clusters[max_addresses] = groups
+        cluster_ids = set(result.membership["cluster_id"].to_pylist())
+        assert set(result.features["cluster_id"].to_pylist()) == cluster_ids
+        ends = set(result.edges["account_a"].to_pylist())
+        assert ends <= set(result.membership["account_id"].to_pylist())
+    assert clusters[1] == {"pool"}
+    assert clusters[0] == {"home", "pool"}  # the near miss: kept without the rule

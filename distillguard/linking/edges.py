@@ -507,7 +507,15 @@ def edge_plan(
             pairs = _pairs(members, kind, cfg)
             # Synchrony's memberships are raw activity, not indicators: the edge share reports it.
             member_parts.append(
-                members.select("kind", "key", "account_id", "key_weight", "df", "address")
+                # Cast: a kind without addresses holds nulls, which Spark reads back as int32.
+                members.select(
+                    "kind",
+                    "key",
+                    "account_id",
+                    "key_weight",
+                    "df",
+                    address=members.address.cast("int64"),
+                )
             )
         if hold is not None:
             # One self-join at a time: run together inside one query, the joins of every kind

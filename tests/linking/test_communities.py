@@ -87,26 +87,32 @@ def test_a_customer_tied_by_one_thread_is_pruned_from_the_cluster() -> None:
     assert "cust" in set(find_clusters(_edges(pairs), config)["account_id"].to_pylist())
 
 
-def test_member_without_the_cluster_signature_is_left_out() -> None:
-    # Twelve heads share an IP pool and a scaffold (two families on >= 90 % of edges); a batch
-    # customer on the same cloud egress is strongly tied to five heads, by the network alone.
-    heads = [f"h{i:02d}" for i in range(12)]
-    batch = ["b0"]
+def _heads_and_outsiders(heads: list[str], outsiders: list[tuple[str, str]]) -> pa.Table:
+    """Heads tied by IP and a scaffold on every edge; each (outsider, head) tie by IP alone."""
     pairs = [(a, b, 4.0) for i, a in enumerate(heads) for b in heads[i + 1 :]]
-    pairs += [(c, h, 3.0) for c in batch for h in heads[:5]]
+    pairs += [(o, h, 3.0) for o, h in outsiders]
     table = _edges(pairs)
-    in_batch = [
-        a in batch or b in batch
+    names = {o for o, _ in outsiders}
+    network_only = [
+        a in names or b in names
         for a, b in zip(table["account_a"].to_pylist(), table["account_b"].to_pylist(), strict=True)
     ]
     table = table.set_column(
         table.schema.get_field_index("w_ip"), "w_ip", pa.array([2.5] * table.num_rows)
     )
-    table = table.set_column(
+    return table.set_column(
         table.schema.get_field_index("w_template"),
         "w_template",
-        pa.array([0.0 if b else 1.0 for b in in_batch]),
+        pa.array([0.0 if n else 1.0 for n in network_only]),
     )
+
+
+def test_member_without_the_cluster_signature_is_left_out() -> None:
+    # Twelve heads share an IP pool and a scaffold (two families on >= 90 % of edges); a batch
+    # customer on the same cloud egress is strongly tied to five heads, by the network alone.
+    heads = [f"h{i:02d}" for i in range(12)]
+    batch = ["b0"]
+    table = _heads_and_outsiders(heads, [("b0", h) for h in heads[:5]])
     config = small_world_config()
     members = set(find_clusters(table, config)["account_id"].to_pylist())
     assert members == set(heads)
@@ -121,21 +127,8 @@ def test_member_tied_to_most_of_the_group_stays_without_the_signature() -> None:
     # A lightly active head sends no scaffold often enough, but rotating through the pool it is
     # strongly tied to 8 of the 12 other heads; the customer on a rented exit is tied to 4.
     heads = [f"h{i:02d}" for i in range(12)]
-    pairs = [(a, b, 4.0) for i, a in enumerate(heads) for b in heads[i + 1 :]]
-    pairs += [("light", h, 3.0) for h in heads[:8]] + [("cust", h, 3.0) for h in heads[8:]]
-    table = _edges(pairs)
-    network_only = [
-        "light" in (a, b) or "cust" in (a, b)
-        for a, b in zip(table["account_a"].to_pylist(), table["account_b"].to_pylist(), strict=True)
-    ]
-    table = table.set_column(
-        table.schema.get_field_index("w_ip"), "w_ip", pa.array([2.5] * table.num_rows)
-    )
-    table = table.set_column(
-        table.schema.get_field_index("w_template"),
-        "w_template",
-        pa.array([0.0 if n else 1.0 for n in network_only]),
-    )
+    outsiders = [("light", h) for h in heads[:8]] + [("cust", h) for h in heads[8:]]
+    table = _heads_and_outsiders(heads, outsiders)
     config = small_world_config()
     config["linking"]["graph"]["majority_member_share"] = 0.5
     config["linking"]["graph"]["majority_min_ties"] = 8

@@ -19,6 +19,7 @@ from distillguard.linking.clusters import (
     cluster_features,
     shared_indicators,
     shared_indicators_expr,
+    shared_keys_expr,
 )
 from distillguard.linking.communities import find_clusters
 from distillguard.linking.edges import (
@@ -216,12 +217,8 @@ def _one_location_clusters(
         return []
     candidates = membership.filter(pc.is_in(membership["cluster_id"], network_only.to_arrow()))
     members = engine.table("location_candidates", candidates)
-    memberships = plan.indicators.filter(plan.indicators.kind.isin(["ip", "prefix"]))
-    held = memberships.join(members, "account_id")
-    shared = held.group_by(["cluster_id", "kind", "key"]).agg(
-        n_members=ibis._.count(), address=held.address.max()
-    )
-    shared = shared.filter(shared.n_members >= 2)
+    network_keys = plan.indicators.filter(plan.indicators.kind.isin(["ip", "prefix"]))
+    shared = shared_keys_expr(network_keys, members)
     places = shared.group_by(["cluster_id", "kind"]).agg(n_addresses=shared.address.nunique())
     counted = pl.from_arrow(engine.to_arrow(places))
     assert isinstance(counted, pl.DataFrame)

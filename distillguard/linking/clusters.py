@@ -337,6 +337,20 @@ CLUSTER_DETECTORS: dict[str, type[Any]] = {
 VOLUME_SIGNALS: frozenset[str] = frozenset({"cluster.size"})
 
 
+def shared_keys_expr(indicators: ir.Table, members: ir.Table) -> ir.Table:
+    """Every key held by at least two members of one cluster: ``cluster_id, kind, key,
+    n_members, key_weight, address`` (``indicators`` has one row per (kind, key, account),
+    ``members`` is (account_id, cluster_id))."""
+    joined = indicators.join(members, "account_id")
+    hits = joined.group_by(["cluster_id", "kind", "key"]).agg(
+        # one row per (kind, key, account): the row count is the member count
+        n_members=ibis._.count(),
+        key_weight=joined.key_weight.max(),
+        address=joined.address.max(),
+    )
+    return hits.filter(hits.n_members >= 2)
+
+
 def shared_indicators_expr(indicators: ir.Table, members: ir.Table, per_kind: int = 5) -> ir.Table:
     """Per cluster and kind, the ``per_kind`` keys held by the most members (at least two), as
     an Ibis expression: ``cluster_id, kind, key, n_members, key_weight``.
@@ -346,13 +360,7 @@ def shared_indicators_expr(indicators: ir.Table, members: ir.Table, per_kind: in
     window every account used): they are joined and ranked in the engine, and only the few
     keys shown per cluster leave it.
     """
-    joined = indicators.join(members, "account_id")
-    hits = joined.group_by(["cluster_id", "kind", "key"]).agg(
-        # one row per (kind, key, account): the row count is the member count
-        n_members=ibis._.count(),
-        key_weight=joined.key_weight.max(),
-    )
-    hits = hits.filter(hits.n_members >= 2)
+    hits = shared_keys_expr(indicators, members).drop("address")
     rank = ibis.row_number().over(
         group_by=[hits.cluster_id, hits.kind], order_by=[ibis.desc(hits.n_members), hits.key]
     )

@@ -225,9 +225,10 @@ def _exchange_keys(
         ).select("key", "account_id", "kind_w", "net_kind")
     else:  # pragma: no cover - guarded by caller
         raise ValueError(kind)
-    if "address" not in keyed.columns:
-        keyed = keyed.mutate(address=ibis.null("int64"))
-    return keyed.select("key", "account_id", "kind_w", "net_kind", "address")
+    # Only the network kinds carry an address; _key_stats gives the others a null one.
+    return keyed.select(
+        "key", "account_id", "kind_w", "net_kind", *[c for c in ("address",) if c in keyed.columns]
+    )
 
 
 def _signup_keys(accounts: ir.Table, cfg: Mapping[str, Any]) -> ir.Table:

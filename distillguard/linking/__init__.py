@@ -93,8 +93,61 @@ def _strong_edges(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> 
     return pa.concat_tables(slices)
 
 
+def _top_cuts(
+    strong: pa.Table, membership: pa.Table, names: pa.Table, config: Mapping[str, Any]
+) -> pa.Table:
+    """Per cluster with at least ``linking.max_cluster_edges`` strong internal edges, a weight
+    its heaviest edges all reach: the cap-th heaviest strong internal weight, less a margin
+    for the last bits a parallel sum may change between two runs.
+
+    Its heaviest edges are the cap-th heaviest or heavier, and the strong edges already found
+    hold at least cap of them, so cutting each slice's internal edges at this weight loses none
+    of the heaviest and spares the engine ranking every edge of a hydra (~200M at the seed
+    scale; the rank window was 40 s of each slice's minute).
+    """
+    cap = int(config["linking"].get("max_cluster_edges", 0))
+    empty = pa.table({"cluster_id": pa.array([], pa.string()), "cut": pa.array([], pa.float64())})
+    if cap <= 0 or strong.num_rows < cap or membership.num_rows == 0:
+        return empty
+    code_cluster = (
+        pl.DataFrame(names.select(["account_code", "account_id"]))
+        .join(pl.DataFrame(membership.select(["account_id", "cluster_id"])), on="account_id")
+        .select(code=pl.col("account_code").cast(pl.Int32), cluster=pl.col("cluster_id"))
+    )
+    clusters = code_cluster.get_column("cluster").unique().sort()
+    cluster_no = code_cluster.select(
+        "code",
+        no=pl.col("cluster").replace_strict(
+            clusters, pl.int_range(clusters.len(), eager=True, dtype=pl.Int32)
+        ),
+    )
+    edges = pl.DataFrame(strong.select(["code_a", "code_b", "weight"]))
+    inside = (
+        edges.join(cluster_no.rename({"code": "code_a", "no": "no_a"}), on="code_a")
+        .join(cluster_no.rename({"code": "code_b", "no": "no_b"}), on="code_b")
+        .filter(pl.col("no_a") == pl.col("no_b"))
+    )
+    cuts = (
+        inside.group_by("no_a")
+        .agg(n=pl.len(), cut=pl.col("weight").top_k(cap).min())
+        .filter(pl.col("n") >= cap)
+    )
+    if cuts.height == 0:
+        return empty
+    return pa.table(
+        {
+            "cluster_id": clusters.gather(cuts.get_column("no_a").cast(pl.UInt32)).to_arrow(),
+            "cut": (cuts.get_column("cut") * (1.0 - 1e-9)).to_arrow(),
+        }
+    ).cast(empty.schema)
+
+
 def _internal_edges(
-    engine: Engine, plan: EdgePlan, membership: pa.Table, config: Mapping[str, Any]
+    engine: Engine,
+    plan: EdgePlan,
+    membership: pa.Table,
+    config: Mapping[str, Any],
+    cuts: pa.Table | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """The edges between two members of one cluster: (the heaviest ``linking.max_cluster_edges``
     of each cluster, named, in name order; per-cluster statistics over all of them).
@@ -104,7 +157,8 @@ def _internal_edges(
     seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics (the columns
     of :func:`_empty_stats`) are summed in the engine and only its heaviest edges come out as
     the campaign subgraph's evidence. A slice is summed twice (statistics, heaviest edges)
-    rather than held; at the seed scale both together take ~1 min a slice.
+    rather than held. ``cuts`` (from :func:`_top_cuts`) drops, before the ranking, the edges of
+    a large cluster that cannot be among its heaviest.
     """
     if membership.num_rows == 0:
         return empty_edges(), _empty_stats(config)
@@ -126,6 +180,19 @@ def _internal_edges(
     # member lookups and cluster_a == cluster_b, DuckDB joined the two lookups on the cluster
     # first, 625M rows for a 25,000-head hydra, before it met the edges.
     mk = codes.select(member_key=_member_key(codes.cluster_no, codes.account_code))
+    cut_table = None
+    if cap > 0 and cuts is not None and cuts.num_rows > 0:
+        cut_table = engine.table(
+            "cluster_top_cuts",
+            pa.table(
+                {
+                    "cut_cluster": pl.Series(cuts["cluster_id"])
+                    .replace_strict(cluster_names, numbers)
+                    .to_arrow(),
+                    "cut": cuts["cut"],
+                }
+            ),
+        )
     tops: list[pa.Table] = []
     stats: list[pa.Table] = []
     columns = ["code_a", "code_b", "weight", "n_kinds", *[f"w_{k}" for k in EDGE_KINDS]]
@@ -147,6 +214,9 @@ def _internal_edges(
                 )
             )
         )
+        if cut_table is not None:
+            inside = inside.left_join(cut_table, inside.cluster_a == cut_table.cut_cluster)
+            inside = inside.filter(inside.cut.isnull() | (inside.weight >= inside.cut))
         if cap > 0:
             rank = ibis.row_number().over(
                 group_by=inside.cluster_a,
@@ -252,8 +322,9 @@ def link(
     strong = _strong_edges(engine, plan, config)
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
     membership = find_clusters(strong, config, account_names=names)
+    cuts = _top_cuts(strong, membership, names, config)
     del strong
-    edges, edge_stats = _internal_edges(engine, plan, membership, config)
+    edges, edge_stats = _internal_edges(engine, plan, membership, config, cuts)
     act_expr, cap_expr = account_activity_expr(signals)
     activity = engine.to_arrow(act_expr.order_by("account_id"))
     capabilities = engine.to_arrow(cap_expr.order_by(["account_id", "capability"]))

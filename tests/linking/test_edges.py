@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from distillguard.engines.embedded import EmbeddedEngine
-from distillguard.linking import LinkResult, link
-from distillguard.linking.edges import edge_expressions
+from distillguard.linking import LinkResult, _strong_edges, _top_cuts, link
+from distillguard.linking.edges import edge_expressions, edge_plan
 
 from .conftest import small_world_config
 from .synth import DAY, T0, Synth, add_background, add_hydra
@@ -200,6 +200,36 @@ def test_cluster_edge_cap_keeps_the_heaviest_and_features_count_them_all(
     assert a["n_edges"].sum() == full.height
     for column in ["mean_weight", "density", "share_ip", "n_kinds"]:
         assert (a[column] - b[column]).abs().max() <= 1e-9, column
+
+
+def test_top_cuts_lose_none_of_a_clusters_heaviest_edges(
+    world: tuple[pa.Table, pa.Table], linked: LinkResult, all_edges: pa.Table
+) -> None:
+    sig, acc = world
+    config = small_world_config()
+    config["linking"]["max_cluster_edges"] = 5
+    engine = EmbeddedEngine()
+    plan = edge_plan(engine.table("signals", sig), engine.table("accounts", acc), config)
+    strong = _strong_edges(engine, plan, config)
+    names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
+    cuts = dict(
+        zip(*_top_cuts(strong, linked.membership, names, config).to_pydict().values(), strict=True)
+    )
+    cluster = _cluster_of(linked)
+    full = pl.from_arrow(all_edges)
+    assert isinstance(full, pl.DataFrame)
+    full = full.with_columns(
+        ca=pl.col("account_a").replace_strict(cluster, default=None),
+        cb=pl.col("account_b").replace_strict(cluster, default=None),
+    ).filter(pl.col("ca") == pl.col("cb"))
+    assert cuts and set(cuts) <= set(cluster.values())
+    pruned = 0
+    for cid, cut in cuts.items():
+        weights = full.filter(pl.col("ca") == cid)["weight"].sort(descending=True)
+        assert weights[4] >= cut, cid
+        pruned += int((weights < cut).sum())
+    # The cut is there to spare the ranking: it must drop some lighter internal edges.
+    assert pruned > 0
 
 
 def _household_and_pool() -> tuple[pa.Table, pa.Table]:

@@ -42,6 +42,7 @@ from distillguard.enforce.campaigns import CampaignWatcher, KnownCampaigns
 from distillguard.enforce.limiter import Limiter, LimitHit
 from distillguard.enforce.peer_indicators import PeerIndicatorMatcher
 from distillguard.enforce.settings import (
+    ADDRESS_SIGNALS,
     BEHAVIOUR_FEATURES,
     PROPAGATION_KINDS,
     SHARING_KINDS,
@@ -368,6 +369,17 @@ class Enforcer:
         # Exit networks per account and window (a sketch kept only with a weight).
         self._net_ms = s.exit_networks.window_minutes * 60_000 if s.exit_networks.weight != 0.0 else 0.0
         self._net_kinds = s.exit_networks.kinds
+        # Contained accounts an address of a kind needs before it links (shared infrastructure: more than one).
+        ip_link = s.propagation.get("ip")
+        self._ip_min_contained = dict(ip_link.min_contained) if ip_link is not None else {}
+        # Vouched accounts (KYC, platforms): their infrastructure sharing and address taint abstain.
+        v = s.vouched
+        self._vouch_verifications = v.verifications
+        self._eu_min = v.platform_min_end_users
+        # Abstaining slots by vouching level: 0 not vouched, 1 vouched, 2 vouched and on a shared-infrastructure address.
+        base = [FEATURES.index(f) for f in sorted(v.abstain - ADDRESS_SIGNALS)]
+        self._vouch_slots: tuple[list[int], ...] = ([], base, base + [FEATURES.index(f) for f in sorted(v.abstain & ADDRESS_SIGNALS)])
+        self._infra_kinds = v.infrastructure_kinds
         # The embedded backend is updated in place (no copy per exchange), under self._lock.
         self._live = self.backend.observe_live if isinstance(self.backend, MemoryState) else None
 
@@ -446,6 +458,9 @@ class Enforcer:
                     distinct.append((sip, account))
                 if "ip" in prop:
                     taint.append(prop["ip"] + str(ip))
+                    floor = self._ip_min_contained.get(str(kind), 1)
+                    if floor > 1:
+                        keys["ip_min_contained"] = str(floor)
             if ip and self._net_ms and kind in self._net_kinds:
                 asn = sig.get("asn")
                 network = str(asn) if asn is not None else f"p:{prefix}" if prefix else None
@@ -484,13 +499,29 @@ class Enforcer:
             distinct.append((f"paydom:{meta.payment_fingerprint}", meta.email_domain or f"?{account}"))
             if "payment" in prop:
                 taint.append(prop["payment"] + meta.payment_fingerprint)
+        end_user = row.get("end_user_id")
+        if end_user and self._eu_min:
+            distinct.append((f"eu:{account}", str(end_user)))
         distinct.extend((g, COUNT_ONLY) for g in taint)
         return account, counters, distinct, keys, taint
 
+    def _vouched(self, account: str, meta: AccountMeta | None, counts: Mapping[str, int], sig: Mapping[str, Any] | None) -> int:
+        """Vouching level: 0 not vouched; 1 identity-verified (``vouched.verification``) or serving
+        ``platform_min_end_users`` distinct end users so far; 2 that, on an ``infrastructure_kinds`` address."""
+        if not (meta is not None and meta.verification in self._vouch_verifications) and not (
+            self._eu_min and counts.get(f"eu:{account}", 0) >= self._eu_min
+        ):
+            return 0
+        return 2 if sig is not None and sig.get("network_kind") in self._infra_kinds else 1
+
     def _features(
-        self, view: AccountView, counts: Mapping[str, int], keys: Mapping[str, str | None], known: KnownCampaigns
+        self, view: AccountView, counts: Mapping[str, int], keys: Mapping[str, str | None], known: KnownCampaigns,
+        vouched: int = 0,
     ) -> tuple[list[float], str | None, dict[str, Any]]:
-        """Feature values (aligned with :data:`FEATURES`, NaN = abstain), cluster id and evidence."""
+        """Feature values (aligned with :data:`FEATURES`, NaN = abstain), cluster id and evidence.
+
+        ``vouched``: the level from :meth:`_vouched`; its ``enforce.online.vouched.abstain`` signals abstain.
+        """
         c = view.counters
         n = c.get("n", 0.0)
         cn = c.get("content_n", 0.0)
@@ -531,12 +562,16 @@ class Enforcer:
             elif group[:4] == "flg:" and count and uncontained:
                 t = _TAINT_SLOT[group[4:8]]
                 if t == _TAINT_IP:
+                    if count < int(keys.get("ip_min_contained") or 1):
+                        continue  # shared infrastructure: one contained account on it is no link
                     # A cloud NAT with one attacker among ten customers is not a proxy pool.
                     on_key = counts.get(keys.get("sip") or "", 0)
                     vals[taint_at + t] = count / max(on_key, count)
                 else:
                     vals[taint_at + t] = float(count)
                 evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {"key": group[group.index(":", 4) + 1 :], "contained_accounts": count}
+        for j in self._vouch_slots[vouched]:
+            vals[j] = nan
         cluster_id = view.cluster_id
         if known.members or known.indicators:
             cluster_id = _cluster(cluster_id, *self._known(acct, keys, known, vals, evidence))
@@ -728,14 +763,14 @@ class Enforcer:
             for i, row in enumerate(rows):
                 ts = row.get("ts")
                 ts_ms = ts if type(ts) is int else _ts_ms(ts)
-                account, counters, distinct, keys, taint = observation(
-                    row, metas[i] if metas is not None else None, sig_rows[i] if sig_rows is not None else None, ts_ms
-                )
+                meta = metas[i] if metas is not None else None
+                sig = sig_rows[i] if sig_rows is not None else None
+                account, counters, distinct, keys, taint = observation(row, meta, sig, ts_ms)
                 view, counts, deg = observe(account, ts_ms, counters, distinct)
                 n_degraded += deg
                 # Read before _set_action: on the memory backend the view is the stored object.
                 before, stored_cluster, stored_reasons = view.action_rank, view.cluster_id, view.reasons
-                vals, cluster_id, evidence = features(view, counts, keys, known)
+                vals, cluster_id, evidence = features(view, counts, keys, known, self._vouched(account, meta, counts, sig))
                 if self.peer is not None:
                     vals[-1] = self.peer.contribution(account, keys, ts_ms, view.counters.get("n", 1.0), evidence)
                 if before == top and fast:
@@ -847,7 +882,8 @@ class Enforcer:
         n = cols.n
         known = self.campaigns.maybe_reload()
         folded = backend.fold(cols.fold, adds)
-        values, extra = self._base_features(cols, folded, known)
+        vouched = self._vouched_rows(cols, folded)
+        values, extra = self._base_features(cols, folded, known, vouched)
         vectorised = self.policy.min_evidence_kinds == 0
         rank_list: list[int] | None = None
         if vectorised:
@@ -862,6 +898,9 @@ class Enforcer:
         top = len(ACTIONS_BY_RANK) - 1
         taint_at = _N_BEHAVIOUR + len(SHARING_KINDS) + 2
         peek = backend.peek
+        ip_floor = cols.ip_floor
+        # Taint kinds each vouching level does not read.
+        vouch_taint = [{PROPAGATION_KINDS.index(FEATURES[j][8:]) for j in slots if FEATURES[j].startswith("flagged_")} for slots in self._vouch_slots]
         # Taint keys that exist: most exchanges' keys carry no taint, and a set lookup is cheaper than a peek.
         live = backend.present({g for _, groups in taint_cols for g in groups if g is not None})
         final = [0] * len(ACTIONS_BY_RANK)
@@ -881,11 +920,13 @@ class Enforcer:
             if taint_cols and before < prop_rank:
                 # An account already contained is in the taint sets of its own keys: it reads none.
                 for t, groups in taint_cols:
+                    if t in vouch_taint[vouched[i]]:
+                        continue
                     group = groups[i]
                     if group not in live:
                         continue
                     count = peek(group)
-                    if not count:
+                    if not count or (t == _TAINT_IP and count < ip_floor[i]):
                         continue
                     if vals is None:
                         vals = values[i].tolist()
@@ -976,8 +1017,16 @@ class Enforcer:
                 live.add(group)
                 touches.append((i * TOUCH_SLOTS + len(_MEMBERSHIPS) + k, group))
 
+    def _vouched_rows(self, cols: _ReplayColumns, folded: Folded) -> list[int]:
+        """:meth:`_vouched` of every row of a folded batch (the end-user count as it stands after the row)."""
+        vouched = cols.kyc
+        if self._eu_min:
+            vouched = vouched | (folded.counts[:, _EU_COLUMN] >= self._eu_min)
+        out: list[int] = (vouched.astype(np.int64) * (1 + cols.infra.astype(np.int64))).tolist()
+        return out
+
     def _base_features(
-        self, cols: _ReplayColumns, folded: Folded, known: KnownCampaigns
+        self, cols: _ReplayColumns, folded: Folded, known: KnownCampaigns, vouched: list[int] | None = None
     ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
         """Feature matrix of a folded batch without the taint columns (NaN = abstain), and per-row evidence (known campaigns, peers)."""
         n = cols.n
@@ -1004,6 +1053,12 @@ class Enforcer:
         values[:, off] = np.where(present[_PAY_COLUMN], np.where(paydom >= 2, pay, 0.0), nan)
         for column, slot in _SHARING_COLUMNS:
             values[:, off + slot] = np.where(present[column], counts[column], nan)
+        if vouched is not None:
+            level = np.asarray(vouched, dtype=np.int64)
+            for lv in (1, 2):
+                rows = level == lv
+                for j in self._vouch_slots[lv]:
+                    values[rows, j] = nan
         extra: list[dict[str, Any]] | None = None
         if known.members or known.indicators or self.peer is not None:
             extra = [{} for _ in range(n)]
@@ -1149,10 +1204,11 @@ class Enforcer:
 # --------------------------------------------------------------------------- replay batches
 
 #: Sketch memberships of an exchange, in :meth:`Enforcer._observation`'s order (it fixes the LRU order).
-_MEMBERSHIPS = ("g_ip", "g_pfx", "g_sip", "g_net", "g_tpl", "g_uag", "g_pay", "g_paydom")
+_MEMBERSHIPS = ("g_ip", "g_pfx", "g_sip", "g_net", "g_tpl", "g_uag", "g_pay", "g_paydom", "g_eu")
 _SIP_COLUMN = _MEMBERSHIPS.index("g_sip")
 _NET_COLUMN = _MEMBERSHIPS.index("g_net")
 _PAY_COLUMN = _MEMBERSHIPS.index("g_pay")  # g_paydom follows
+_EU_COLUMN = _MEMBERSHIPS.index("g_eu")
 #: Membership column -> its sharing slot (the one count that fills that feature).
 _SHARING_COLUMNS = tuple((_MEMBERSHIPS.index(f"g_{p[:3]}"), j) for p, j in _GROUP_SLOT.items())
 #: Counters the features read after each exchange (the first is the exchange count).
@@ -1174,6 +1230,9 @@ class _ReplayColumns:
     frame: pl.DataFrame  # the membership columns and their members
     table: pa.Table
     fps: list[Any]
+    kyc: np.ndarray  # per row: the account's verification makes it vouched
+    infra: np.ndarray  # per row: the address is of a vouched.infrastructure_kinds kind
+    ip_floor: list[int]  # per row: contained accounts its address needs before it links (propagation.links.ip.min_contained)
     member_cid: list[str | None] = field(default_factory=list)
     link_cid: list[str | None] = field(default_factory=list)
     _keys: list[tuple[Any, ...]] | None = None
@@ -1201,8 +1260,12 @@ class _ReplayColumns:
         accounts: list[str] = acct_col.to_pylist()
         fps: list[Any] = []
         domains: list[str | None] = []
-        for a in accounts:
+        kyc = np.zeros(n, dtype=bool)
+        verifications = s.vouched.verifications
+        for i, a in enumerate(accounts):
             meta = metas.get(a)
+            if meta is not None and meta.verification in verifications:
+                kyc[i] = True
             if meta is not None and meta.payment_fingerprint:
                 fps.append(meta.payment_fingerprint)
                 domains.append(meta.email_domain or f"?{a}")
@@ -1226,6 +1289,7 @@ class _ReplayColumns:
 
         frame = pl.DataFrame([
             pl.Series("acct", accounts, dtype=pl.String), pl.Series("ts", ts), col("client_ip", pl.String), col("user_agent", pl.String),
+            col("end_user_id", pl.String),
             col("input_tokens", pl.Float64), col("output_tokens", pl.Float64),
             sig("ip_prefix", pl.String), sig("network_kind", pl.String), sig("reasoning", pl.Float64),
             sig("grader", pl.Float64), sig("capability", pl.String), sig("template_id", pl.String), sig("asn", pl.String),
@@ -1260,6 +1324,8 @@ class _ReplayColumns:
             g_pay=pl.when(has_fp).then(cat([lit("pay:"), c("fp")])),
             g_paydom=pl.when(has_fp).then(cat([lit("paydom:"), c("fp")])),
             m_paydom=c("domain"),
+            g_eu=pl.when((c("end_user_id").is_not_null() & (c("end_user_id") != "")).fill_null(False)).then(cat([lit("eu:"), c("acct")])) if e._eu_min else null,
+            m_eu=c("end_user_id"),
             acct=c("acct"),
             ts=c("ts"),
             t_ip=pl.when(shared_ip).then(cat([lit(taint["ip"]), c("client_ip")])) if "ip" in taint else null,
@@ -1284,7 +1350,7 @@ class _ReplayColumns:
             counters={k: k for k in ("in_tok", "out_tok", "content_n", "reasoning_sum", "grader_sum", "cap_target", "reasoning_hits")},
             families=["cap_name", "g_tpl"],  # a template's counter field is its sketch key (tpl:<id>)
             memberships=[("g_ip", "m_ip"), ("g_pfx", "acct"), ("g_sip", "acct"), ("g_net", "m_net"), ("g_tpl", "acct"),
-                         ("g_uag", "acct"), ("g_pay", "acct"), ("g_paydom", "m_paydom")],
+                         ("g_uag", "acct"), ("g_pay", "acct"), ("g_paydom", "m_paydom"), ("g_eu", "m_eu")],
             reads=_READS,
         )  # fmt: skip
         taint_cols = [
@@ -1293,7 +1359,18 @@ class _ReplayColumns:
             if kind in taint
         ]
         present = [frame.get_column(name).is_not_null().to_numpy() for name in _MEMBERSHIPS]
-        return cls(n, accounts, ts.tolist(), fold, present, taint_cols, frame, table, fps, [None] * n, [None] * n)
+        floors = e._ip_min_contained
+        ip_floor = (
+            signals.get_column("network_kind").cast(pl.String).replace_strict(floors, default=1, return_dtype=pl.Int64).to_list()
+            if floors and "network_kind" in signals.columns
+            else [1] * n
+        )
+        infra = (
+            signals.get_column("network_kind").cast(pl.String).is_in(sorted(e._infra_kinds)).fill_null(False).to_numpy()
+            if "network_kind" in signals.columns
+            else np.zeros(n, dtype=bool)
+        )
+        return cls(n, accounts, ts.tolist(), fold, present, taint_cols, frame, table, fps, kyc, infra, ip_floor, [None] * n, [None] * n)
 
     def slice(self, start: int, length: int | None = None) -> _ReplayColumns:
         """Rows ``start`` .. ``start + length`` (to the end by default), without recomputing anything."""
@@ -1305,7 +1382,7 @@ class _ReplayColumns:
         return _ReplayColumns(
             stop - start, self.accounts[start:stop], self.ts_ms[start:stop], fold, [m[start:stop] for m in self.present],
             [(t, groups[start:stop]) for t, groups in self.taint], frame, self.table.slice(start, stop - start),
-            self.fps[start:stop], self.member_cid[start:stop], self.link_cid[start:stop],
+            self.fps[start:stop], self.kyc[start:stop], self.infra[start:stop], self.ip_floor[start:stop], self.member_cid[start:stop], self.link_cid[start:stop],
         )  # fmt: skip
 
     def taint_refs(self) -> pl.DataFrame:
@@ -1362,7 +1439,7 @@ def _touch_order(touched: pl.DataFrame, taint: list[tuple[int, str]]) -> list[st
 
 
 #: Exchange fields the state update reads per row (content comes from the signals table).
-ROW_COLUMNS = ("request_id", "account_id", "ts", "client_ip", "input_tokens", "output_tokens", "user_agent", "api_key_id")
+ROW_COLUMNS = ("request_id", "account_id", "ts", "client_ip", "input_tokens", "output_tokens", "user_agent", "api_key_id", "end_user_id")
 
 
 def exchange_rows(batch: pa.Table) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Sharing:
     window_minutes: float = 0.0
     x0: float = 0.0  # propagation.links.ip: a share, nothing up to x0 and full weight from x1
     x1: float = 1.0
+    # propagation.links.ip: contained accounts an address of a network kind needs before it links (default 1)
+    min_contained: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,32 @@ class Counted:
     kinds: frozenset[str] = frozenset()
     threshold: float = 0.5
     min_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class Vouched:
+    """Accountable accounts (``enforce.online.vouched``): identity-verified, or platforms serving many end users.
+
+    Their ``abstain`` signals (shared infrastructure and address taint) carry nothing; their
+    own behaviour and cluster evidence (a shared or contained card, a known campaign) still count.
+    """
+
+    verifications: frozenset[str]
+    platform_min_end_users: int  # 0: no platform vouching (and no end-user sketch)
+    abstain: frozenset[str]
+    # Address signals (ADDRESS_SIGNALS) in ``abstain`` abstain only on exchanges from these network kinds.
+    infrastructure_kinds: frozenset[str] = frozenset()
+
+
+#: Signals a vouched account may abstain from: infrastructure others share with it, and address or
+#: template taint. Payment sharing and payment taint are cluster evidence and always count.
+VOUCHED_ABSTAIN = frozenset(
+    {f"shared_{k}" for k in SHARING_KINDS if k != "payment"} | {f"flagged_{k}" for k in PROPAGATION_KINDS if k != "payment"}
+)
+
+
+#: Signals about the exchange's address: a vouched account waives them only on shared infrastructure.
+ADDRESS_SIGNALS = frozenset({"shared_ip", "shared_prefix", "flagged_ip"})
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,7 @@ class EnforceSettings:
     target_capabilities: frozenset[str]
     exit_networks: Counted
     reasoning_hits: Counted
+    vouched: Vouched
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EnforceSettings:
@@ -161,12 +190,15 @@ class EnforceSettings:
                 raise ConfigError(f"enforce.online.propagation.links: unknown {sorted(unknown_p)}; known: {PROPAGATION_KINDS}")
             propagation = {
                 k: Sharing(float(v["weight"]), int(v.get("k0", 0)), int(v.get("cap", 1)), int(v.get("max_k", 10**9)),
-                           x0=float(v.get("x0", 0.0)), x1=float(v.get("x1", 1.0)))
+                           x0=float(v.get("x0", 0.0)), x1=float(v.get("x1", 1.0)),
+                           min_contained={str(n): int(m) for n, m in (v.get("min_contained") or {}).items()})
                 for k, v in prop["links"].items()
             }
             ip_link = propagation.get("ip", Sharing(0, 0, 1, 1))
             if not 0.0 <= ip_link.x0 < ip_link.x1 <= 1.0:
                 raise ConfigError("enforce.online.propagation.links.ip needs 0 <= x0 < x1 <= 1")
+            if any(m < 1 for m in ip_link.min_contained.values()):
+                raise ConfigError("enforce.online.propagation.links.ip.min_contained: every kind needs >= 1")
             if any(s.cap < 1 for s in propagation.values()):
                 raise ConfigError("enforce.online.propagation.links: cap must be >= 1")
             nets, hits = onl["exit_networks"], onl["reasoning_hits"]
@@ -187,6 +219,19 @@ class EnforceSettings:
                 )
             if not 0.0 < reasoning_hits.threshold <= 1.0 or not 0.0 <= reasoning_hits.min_share <= 1.0:
                 raise ConfigError("enforce.online.reasoning_hits needs 0 < threshold <= 1 and 0 <= min_share <= 1")
+            vc = onl.get("vouched") or {}
+            vouched = Vouched(
+                frozenset(str(v) for v in vc.get("verification", ())), int(vc.get("platform_min_end_users", 0)),
+                frozenset(str(v) for v in vc.get("abstain", ())),
+                frozenset(str(v) for v in vc.get("infrastructure_kinds", ())),
+            )
+            if vouched.abstain - VOUCHED_ABSTAIN:
+                raise ConfigError(
+                    f"enforce.online.vouched.abstain: {sorted(vouched.abstain - VOUCHED_ABSTAIN)} cannot be waived; "
+                    f"choose from {sorted(VOUCHED_ABSTAIN)} (payment links are cluster evidence)"
+                )
+            if vouched.platform_min_end_users < 0:
+                raise ConfigError("enforce.online.vouched.platform_min_end_users must be >= 0 (0: off)")
             api_key = os.environ.get("DISTILLGUARD_API_KEY") or svc["api_key"]
             cdir = kc["results_dir"]
             return cls(
@@ -226,6 +271,7 @@ class EnforceSettings:
                 target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),
                 exit_networks=exit_networks,
                 reasoning_hits=reasoning_hits,
+                vouched=vouched,
             )
         except KeyError as exc:
             raise ConfigError(f"enforce configuration is missing key {exc.args[0]!r}") from exc

@@ -260,12 +260,14 @@ class Folded:
 #: Positions per exchange in the touch keys of :class:`Folded` (memberships first; later positions
 #: are free for additions the caller makes after the fold, e.g. taint).
 TOUCH_SLOTS = 16
+#: Positions kept free for the caller's additions after the fold (one per propagation kind, and a spare).
+_CALLER_SLOTS = 4
 
 
 def additions(batch: ExchangeColumns) -> pl.DataFrame:
     """Every sketch addition of a batch in order: ``key`` (row * TOUCH_SLOTS + membership index), ``group``, ``member``."""
-    if len(batch.memberships) > TOUCH_SLOTS // 2:
-        raise ValueError(f"fold: at most {TOUCH_SLOTS // 2} membership columns")
+    if len(batch.memberships) > TOUCH_SLOTS - _CALLER_SLOTS:
+        raise ValueError(f"fold: at most {TOUCH_SLOTS - _CALLER_SLOTS} membership columns")
     row = pl.int_range(pl.len(), dtype=pl.Int64) * TOUCH_SLOTS
     parts = [
         batch.frame.select(

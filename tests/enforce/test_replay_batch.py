@@ -386,3 +386,56 @@ def test_vectorised_scores_are_the_scalar_scores_bit_for_bit() -> None:
     for i in range(len(values)):
         rank, score, row = enforcer._score_one(values[i].tolist())
         assert rank == ranks[i] and score == scores[i] and row == contrib[i].tolist()
+
+
+def _vouched_traffic(seed: int) -> tuple[list[dict[str, Any]], dict[str, AccountMeta], pa.Table]:
+    """:func:`_traffic` with KYC'd attack accounts, and a platform and a one-user account on the attack's cloud exits."""
+    rows, metas = _traffic(seed)
+    rng = random.Random(seed)
+    for a in (1, 4, 7):
+        m = metas[f"atk-{a}"]
+        metas[f"atk-{a}"] = AccountMeta(m.payment_fingerprint, m.email_domain, None, "kyc")
+    t0 = 1_750_000_000_000
+    for acc, users in (("platform", 400), ("one-user", 1)):
+        metas[acc] = AccountMeta(None, None, None, "card")
+        for i in range(80):
+            # The first 25 before any attack traffic: the platform has 20 end users by then.
+            ts = t0 - 60_000 + i * 1000 if i < 25 else t0 + rng.randrange(48 * 3_600_000)
+            rows.append({"ts": ts, "request_id": f"{acc}-{i}", "account_id": acc,
+                         "client_ip": f"100.64.1.{rng.randrange(1, 12)}", "model": "m",
+                         "prompt": rng.choice(BENIGN).format(i), "input_tokens": 30, "output_tokens": 200,
+                         "end_user_id": f"u-{rng.randrange(users)}"})  # fmt: skip
+    rows.sort(key=lambda r: (r["ts"], r["request_id"]))
+    intel = pa.table({"cidr": ["100.64.1.0/24"], "asn": [64510], "asn_org": ["Cloud Co"], "kind": ["datacenter"]})
+    return rows, metas, intel
+
+
+@pytest.mark.parametrize(("max_sketch_keys", "batch"), [(400_000, 500), (400, 150)])
+def test_replay_batch_equals_one_check_at_a_time_with_vouched_accounts_and_cloud_exits(
+    config: dict[str, Any], max_sketch_keys: int, batch: int
+) -> None:
+    config["enforce"]["online"]["vouched"]["platform_min_end_users"] = 20
+    rows, metas, intel = _vouched_traffic(seed=13)
+    table = exchange_table(rows)
+    signals = BatchContentSignals(config, intel=intel, capability_model=False).compute(table)
+    cfg = {**config, "enforce": {**config["enforce"], "max_sketch_keys": max_sketch_keys}}
+    one, batched = (Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=intel) for _ in range(2))
+    expected = [
+        d.to_json()
+        for i, r in enumerate(rows)
+        for d in one.process([r], [metas.get(r["account_id"])], signals.slice(i, 1))
+        if d.changed
+    ]
+    got = []
+    for s in range(0, len(rows), batch):
+        got += [d.to_json() for d in batched.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)]
+    assert got == expected
+    assert isinstance(one.backend, MemoryState) and isinstance(batched.backend, MemoryState)
+    assert _state(batched.backend) == _state(one.backend)
+    assert any(r["signal"] == "online.flagged_ip" for d in expected for r in d["reasons"])
+    flagged = {d["account_id"] for d in expected if d["action"] in ("challenge", "suspend")}
+    # Both use the attack's cloud exits; only the one serving many end users is vouched.
+    assert "one-user" in flagged and "platform" not in flagged
+    # Cloud exits link too, once two contained accounts used them (the floor is read on both paths);
+    # with the tight cap their taint sketches are evicted before that.
+    assert max_sketch_keys < 1000 or any(r["signal"] == "online.flagged_ip" and r["detail"]["key"].startswith("100.64.1.") for d in expected for r in d["reasons"])

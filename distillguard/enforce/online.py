@@ -60,6 +60,8 @@ from distillguard.enforce.state import (
     StateUnavailable,
     additions,
     apply_counters,
+    note_exit,
+    take_exits,
 )
 from distillguard.scoring.combine import Scored, SignalSpec
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
@@ -261,7 +263,20 @@ def score_rows(values: np.ndarray, settings: EnforceSettings, coef: tuple[np.nda
     graded = weight * np.clip((v - offset) / scale, 0.0, 1.0)
     graded = np.where(v > max_k, 0.0, graded)
     out: np.ndarray = np.where(kind == 2, v, np.where(kind == 3, np.minimum(v, settings.member_weight), graded))
+    ip_link = settings.propagation.get("ip")
+    if ip_link is not None and ip_link.supersedes_shared_ip:
+        _one_address(out)
     return out
+
+
+def _one_address(contrib: np.ndarray) -> None:
+    """The address counted once: with a flagged-address link, the shared address adds only what exceeds it.
+
+    Both read the same sketch of the address's accounts today, so their sum counted one fact twice
+    (``shared_ip + flagged_ip`` becomes ``max(shared_ip, flagged_ip)``).
+    """
+    flagged, shared = contrib[:, _FLAGGED_IP], contrib[:, _SHARED_IP]
+    contrib[:, _SHARED_IP] = np.where(flagged > 0.0, np.where(shared > flagged, shared - flagged, 0.0), shared)
 
 
 #: Sketch-group prefix -> index of its sharing kind in SHARING_KINDS (0: not a sharing group).
@@ -274,6 +289,8 @@ _N_BEHAVIOUR = len(BEHAVIOUR_FEATURES)
 _TAINT_SLOT = {p[4:]: PROPAGATION_KINDS.index(k) for k, p in _TAINT_PREFIX.items()}
 _TAINT_IP = PROPAGATION_KINDS.index("ip")
 _KNOWN_MEMBER = FEATURES.index("known_member")
+_SHARED_IP = FEATURES.index("shared_ip")
+_FLAGGED_IP = FEATURES.index("flagged_ip")
 _EXIT_NETWORKS = FEATURES.index("exit_networks")
 _REASONING_HITS = FEATURES.index("reasoning_hits")
 
@@ -372,6 +389,12 @@ class Enforcer:
         # Contained accounts an address of a kind needs before it links (shared infrastructure: more than one).
         ip_link = s.propagation.get("ip")
         self._ip_min_contained = dict(ip_link.min_contained) if ip_link is not None else {}
+        # The address counted once (see _one_address).
+        self._one_addr = ip_link is not None and ip_link.supersedes_shared_ip
+        # Retro-taint: a newly contained account's earlier exits in the shared-address window carry its
+        # taint too (it may have used a rented exit for hours before its own evidence sufficed).
+        self._retro = ip_link.retro_exits if ip_link is not None and "ip" in self._taint else 0
+        self._retro_ms = self._ip_ms or 86_400_000.0
         # Vouched accounts (KYC, platforms): their infrastructure sharing and address taint abstain.
         v = s.vouched
         self._vouch_verifications = v.verifications
@@ -402,24 +425,44 @@ class Enforcer:
         self._down_until = time.monotonic() + self.settings.redis_retry_seconds
 
     def _observe(
-        self, account: str, ts_ms: int, counters: Mapping[str, float], distinct: Sequence[tuple[str, str]]
+        self, account: str, ts_ms: int, counters: Mapping[str, float], distinct: Sequence[tuple[str, str]],
+        exit_: tuple[str, int] | None = None,
     ) -> tuple[AccountView, dict[str, int], bool]:
         """Fold into the shared backend; on failure into the local one. Returns (view, sketch counts, degraded).
 
+        ``exit_``: ``(taint group, window bucket)`` of the exchange's address, remembered for retro-taint.
         The view may be the stored one (memory backends): read it before the next update.
         """
         live = self._live
+        rank = self.settings.propagation_rank
         if live is not None:
             view, counts = live(account, ts_ms, counters, distinct)
+            if exit_ is not None:
+                note_exit(view, exit_[1], exit_[0], self._retro, rank)
             return view, counts, False
         if not self._degraded():
             try:
-                view = self.backend.observe(Observation(account, ts_ms, counters, distinct))
+                ex = (exit_[0], exit_[1], self._retro, rank) if exit_ is not None else None
+                view = self.backend.observe(Observation(account, ts_ms, counters, distinct, ex))
                 return view, view.distinct, False
             except StateUnavailable:
                 self._mark_down()
         view, counts = self.local.observe_live(account, ts_ms, counters, distinct)
+        if exit_ is not None:
+            note_exit(view, exit_[1], exit_[0], self._retro, rank)
         return view, counts, True
+
+    def _take_exits(self, account: str, view: AccountView, bucket: int, degraded: bool) -> list[str]:
+        """The exits the account remembered in this window (and forgets them): memory on the view, Redis in the store."""
+        take = getattr(self.backend, "take_exits", None)
+        if self._live is not None or degraded or take is None:
+            return take_exits(view, bucket)
+        try:
+            out: list[str] = take(account, bucket)
+            return out
+        except StateUnavailable:
+            self._mark_down()
+            return []
 
     # -- building observations ----------------------------------------------------------
 
@@ -458,6 +501,7 @@ class Enforcer:
                     distinct.append((sip, account))
                 if "ip" in prop:
                     taint.append(prop["ip"] + str(ip))
+                    keys["tip"] = taint[-1]
                     floor = self._ip_min_contained.get(str(kind), 1)
                     if floor > 1:
                         keys["ip_min_contained"] = str(floor)
@@ -651,6 +695,9 @@ class Enforcer:
             else:
                 g = (x - offset[j]) / scale[j]
                 contrib.append(weight[j] * (0.0 if g < 0.0 else 1.0 if g > 1.0 else g))
+        if self._one_addr and (flagged := contrib[_FLAGGED_IP]) > 0.0:
+            shared = contrib[_SHARED_IP]
+            contrib[_SHARED_IP] = shared - flagged if shared > flagged else 0.0
         logit = self.bias
         for c in contrib:
             logit += c
@@ -753,6 +800,7 @@ class Enforcer:
         observation, observe, features, score_one = self._observation, self._observe, self._features, self._score_one
         sticky = self.settings.sticky_actions
         taint_rank = self.settings.propagation_rank
+        retro, retro_ms = self._retro, self._retro_ms
         use_limits = limits and self.limiter is not None
         final = [0] * len(ACTIONS_BY_RANK)
         top = len(ACTIONS_BY_RANK) - 1
@@ -766,7 +814,9 @@ class Enforcer:
                 meta = metas[i] if metas is not None else None
                 sig = sig_rows[i] if sig_rows is not None else None
                 account, counters, distinct, keys, taint = observation(row, meta, sig, ts_ms)
-                view, counts, deg = observe(account, ts_ms, counters, distinct)
+                tip = keys.get("tip") if retro else None
+                bucket = int(ts_ms // retro_ms)
+                view, counts, deg = observe(account, ts_ms, counters, distinct, (tip, bucket) if tip else None)
                 n_degraded += deg
                 # Read before _set_action: on the memory backend the view is the stored object.
                 before, stored_cluster, stored_reasons = view.action_rank, view.cluster_id, view.reasons
@@ -789,7 +839,7 @@ class Enforcer:
                     else:
                         self._set_action(account, rank, cluster_id, reasons, deg)
                 if taint and rank >= taint_rank:
-                    self._spread(account, ts_ms, view, vals, changed, taint)
+                    self._spread(account, ts_ms, view, vals, changed, taint, bucket, deg)
                 final[rank] += 1
                 if not changed and changes_only and not use_limits:
                     continue
@@ -855,8 +905,11 @@ class Enforcer:
             adds = additions(part.fold)
             evicted: dict[str, int] = {}
             undecided: int | None = None
-            if backend.size()["sketches"] + part.n_memberships > backend.max_sketch_keys:
-                evicted, undecided = backend.plan_evictions(adds, part.taint_refs())
+            refs = self._pending_refs(backend, part) if self._retro else None
+            pending = refs.height if refs is not None else 0
+            if backend.size()["sketches"] + part.n_memberships + pending > backend.max_sketch_keys:
+                taint_refs = part.taint_refs()
+                evicted, undecided = backend.plan_evictions(adds, pl.concat([taint_refs, refs]) if pending and refs is not None else taint_refs)
             stop = part.n if undecided is None else undecided // TOUCH_SLOTS
             if stop > 0:
                 # Up to the first exchange whose sketches' fate depends on decisions still to take.
@@ -871,6 +924,19 @@ class Enforcer:
             out += self._replay_rows(table.slice(lo, window), signals.slice(lo, window), metas)
             lo += window
         return out
+
+    def _pending_refs(self, backend: MemoryState, cols: _ReplayColumns) -> pl.DataFrame:
+        """The exits the batch's accounts remembered before it (retro-taint), each at its account's first row: taint the
+        decisions may add to (``group``, ``key`` as :meth:`_ReplayColumns.taint_refs`)."""
+        first: dict[str, int] = {}
+        for i, a in enumerate(cols.accounts):
+            first.setdefault(a, i)
+        groups, keys = [], []
+        for a, i in first.items():
+            for g in backend.pending_exits(a):
+                groups.append(g)
+                keys.append(i * TOUCH_SLOTS + len(_MEMBERSHIPS))
+        return pl.DataFrame({"group": groups, "key": keys}, schema={"group": pl.String, "key": pl.Int64})
 
     def _replay_rows(self, table: pa.Table, signals: pl.DataFrame | None, metas: Mapping[str, AccountMeta]) -> list[Decision]:
         rows = exchange_rows(table)
@@ -906,14 +972,18 @@ class Enforcer:
         final = [0] * len(ACTIONS_BY_RANK)
         touches: list[tuple[int, str]] = []
         out: list[Decision] = []
+        retro, retro_b = self._retro, cols.retro_b
+        tips = next((groups for t, groups in taint_cols if t == _TAINT_IP), None) if retro else None
         for i in range(n):
             view = views[i]
+            if tips is not None and (tip := tips[i]) is not None:
+                note_exit(view, retro_b[i], tip, retro, prop_rank)  # as Enforcer._observe, before the decision
             before = view.action_rank
             if before == top and sticky:
                 # Already at the top action: no score can change it, and replay needs no answer.
                 final[top] += 1
                 if taint_cols and top >= prop_rank:
-                    self._replay_spread(backend, i, view, None, values, rank_list, False, taint_cols, touches, live)
+                    self._replay_spread(backend, i, view, None, values, rank_list, False, taint_cols, touches, live, retro_b[i] if retro else 0)
                 continue
             vals: list[float] | None = None
             evidence: dict[str, Any] = extra[i] if extra is not None else {}
@@ -966,11 +1036,11 @@ class Enforcer:
                     )  # fmt: skip
                     out.append(decision)
                     if taint_cols and rank >= prop_rank:
-                        self._replay_spread(backend, i, view, vals, values, rank_list, True, taint_cols, touches, live)
+                        self._replay_spread(backend, i, view, vals, values, rank_list, True, taint_cols, touches, live, retro_b[i] if retro else 0)
                     final[rank] += 1
                     continue
             if taint_cols and rank >= prop_rank:
-                self._replay_spread(backend, i, view, vals, values, rank_list, False, taint_cols, touches, live)
+                self._replay_spread(backend, i, view, vals, values, rank_list, False, taint_cols, touches, live, retro_b[i] if retro else 0)
             final[rank] += 1
         backend.settle(_touch_order(folded.touched, touches))
         self._count_decisions(final, n)
@@ -997,6 +1067,7 @@ class Enforcer:
         taint_cols: list[tuple[int, list[str | None]]],
         touches: list[tuple[int, str]],
         live: set[str],
+        bucket: int = 0,
     ) -> None:
         """:meth:`_spread` inside a batch: the account's taint memberships, recorded for :meth:`MemoryState.settle`."""
         groups = [g for _, col in taint_cols if (g := col[i]) is not None]
@@ -1012,6 +1083,8 @@ class Enforcer:
                 apply_counters(view.counters, inc)
         account = view.account_id
         if not linked_only and account != COUNT_ONLY:
+            if self._retro:
+                groups += [g for g in take_exits(view, bucket) if g not in groups]
             for k, group in enumerate(groups):
                 backend.add_deferred(group, account)
                 live.add(group)
@@ -1087,6 +1160,8 @@ class Enforcer:
         graded = np.where(x > max_k, 0.0, weight * np.where(g < 0.0, 0.0, np.where(g > 1.0, 1.0, g)))
         mw = self.settings.member_weight
         contrib: np.ndarray = np.where(kind == 2, x, np.where(kind == 3, np.where(mw < x, mw, x), graded))
+        if self._one_addr:
+            _one_address(contrib)
         logit = np.full(values.shape[0], self.bias)
         for j in range(contrib.shape[1]):
             logit += contrib[:, j]
@@ -1109,7 +1184,8 @@ class Enforcer:
         return rank, contrib, scores
 
     def _spread(
-        self, account: str, ts_ms: int, view: AccountView, vals: list[float], changed: bool, taint: list[str]
+        self, account: str, ts_ms: int, view: AccountView, vals: list[float], changed: bool, taint: list[str],
+        bucket: int = 0, degraded: bool = False,
     ) -> None:
         """A contained account's keys carry its taint from the next request on (any account).
 
@@ -1117,9 +1193,13 @@ class Enforcer:
         spread taint: one contained only because it used a tainted address does not, else a
         false positive on a VPN exit would walk through every account behind that provider.
         The mark is a counter (``taint_linked_only``), so it lives in either backend.
+        With retro-taint, the exits the account used in this window before it spread taint carry it
+        too (after this exchange's keys, in the order they were first used).
         """
         linked_only, inc = self._linked_only(view, vals, changed)
         if not linked_only:
+            if self._retro:
+                taint = taint + [g for g in self._take_exits(account, view, bucket, degraded) if g not in taint]
             self._observe(account, ts_ms, inc, [(g, account) for g in taint])
         elif inc:
             self._observe(account, ts_ms, inc, ())
@@ -1233,6 +1313,7 @@ class _ReplayColumns:
     kyc: np.ndarray  # per row: the account's verification makes it vouched
     infra: np.ndarray  # per row: the address is of a vouched.infrastructure_kinds kind
     ip_floor: list[int]  # per row: contained accounts its address needs before it links (propagation.links.ip.min_contained)
+    retro_b: list[int]  # per row: the retro-taint window bucket (empty without retro-taint)
     member_cid: list[str | None] = field(default_factory=list)
     link_cid: list[str | None] = field(default_factory=list)
     _keys: list[tuple[Any, ...]] | None = None
@@ -1370,7 +1451,8 @@ class _ReplayColumns:
             if "network_kind" in signals.columns
             else np.zeros(n, dtype=bool)
         )
-        return cls(n, accounts, ts.tolist(), fold, present, taint_cols, frame, table, fps, kyc, infra, ip_floor, [None] * n, [None] * n)
+        retro_b: list[int] = bucket(e._retro_ms).tolist() if e._retro else []
+        return cls(n, accounts, ts.tolist(), fold, present, taint_cols, frame, table, fps, kyc, infra, ip_floor, retro_b, [None] * n, [None] * n)
 
     def slice(self, start: int, length: int | None = None) -> _ReplayColumns:
         """Rows ``start`` .. ``start + length`` (to the end by default), without recomputing anything."""
@@ -1382,7 +1464,8 @@ class _ReplayColumns:
         return _ReplayColumns(
             stop - start, self.accounts[start:stop], self.ts_ms[start:stop], fold, [m[start:stop] for m in self.present],
             [(t, groups[start:stop]) for t, groups in self.taint], frame, self.table.slice(start, stop - start),
-            self.fps[start:stop], self.kyc[start:stop], self.infra[start:stop], self.ip_floor[start:stop], self.member_cid[start:stop], self.link_cid[start:stop],
+            self.fps[start:stop], self.kyc[start:stop], self.infra[start:stop], self.ip_floor[start:stop], self.retro_b[start:stop],
+            self.member_cid[start:stop], self.link_cid[start:stop],
         )  # fmt: skip
 
     def taint_refs(self) -> pl.DataFrame:

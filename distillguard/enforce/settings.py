@@ -11,6 +11,7 @@ from typing import Any
 from limits import parse
 
 from distillguard.core.errors import ConfigError
+from distillguard.enforce.state import MAX_RETRO_EXITS
 
 SHARING_KINDS = ("payment", "prefix", "template", "user_agent", "ip")
 #: Keys through which a contained account's taint reaches other accounts (``enforce.online.propagation``).
@@ -39,6 +40,10 @@ class Sharing:
     x1: float = 1.0
     # propagation.links.ip: contained accounts an address of a network kind needs before it links (default 1)
     min_contained: Mapping[str, int] = field(default_factory=dict)
+    # propagation.links.ip: exits per account and window remembered until it is contained (0: no retro-taint)
+    retro_exits: int = 0
+    # propagation.links.ip: with a link, the shared-address signal adds only what exceeds it
+    supersedes_shared_ip: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,9 @@ class EnforceSettings:
             propagation = {
                 k: Sharing(float(v["weight"]), int(v.get("k0", 0)), int(v.get("cap", 1)), int(v.get("max_k", 10**9)),
                            x0=float(v.get("x0", 0.0)), x1=float(v.get("x1", 1.0)),
-                           min_contained={str(n): int(m) for n, m in (v.get("min_contained") or {}).items()})
+                           min_contained={str(n): int(m) for n, m in (v.get("min_contained") or {}).items()},
+                           retro_exits=int(v.get("retro_exits", 0)),
+                           supersedes_shared_ip=bool(v.get("supersedes_shared_ip", False)))
                 for k, v in prop["links"].items()
             }
             ip_link = propagation.get("ip", Sharing(0, 0, 1, 1))
@@ -199,6 +206,8 @@ class EnforceSettings:
                 raise ConfigError("enforce.online.propagation.links.ip needs 0 <= x0 < x1 <= 1")
             if any(m < 1 for m in ip_link.min_contained.values()):
                 raise ConfigError("enforce.online.propagation.links.ip.min_contained: every kind needs >= 1")
+            if not 0 <= ip_link.retro_exits <= MAX_RETRO_EXITS:
+                raise ConfigError(f"enforce.online.propagation.links.ip.retro_exits must be within 0..{MAX_RETRO_EXITS}")
             if any(s.cap < 1 for s in propagation.values()):
                 raise ConfigError("enforce.online.propagation.links: cap must be >= 1")
             nets, hits = onl["exit_networks"], onl["reasoning_hits"]

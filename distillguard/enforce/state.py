@@ -71,6 +71,8 @@ class Observation:
     ts_ms: int
     counters: Mapping[str, float]
     distinct: Sequence[tuple[str, str]] = ()
+    # Retro-taint: ``(taint group, window bucket, cap, spread rank)`` for :func:`note_exit`, or None.
+    exit: tuple[str, int, int, int] | None = None
 
 
 @dataclass(slots=True)  # one per account held: no per-instance __dict__
@@ -85,6 +87,8 @@ class AccountView:
     cluster_id: str | None = None
     reasons: list[dict[str, Any]] = field(default_factory=list)
     distinct: dict[str, int] = field(default_factory=dict)
+    # Retro-taint: ``[window bucket, taint group, ...]`` of the exits used while not spreading taint (memory backend).
+    exits: list[Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +199,27 @@ class _Sketch:
             self.dirty = True
 
 
+def note_exit(view: AccountView, bucket: int, group: str, cap: int, spread_rank: int) -> None:
+    """Remember an exit's taint group for retro-taint, at most ``cap`` per window bucket, while the
+    account spreads no taint (below ``spread_rank``, or contained only through links)."""
+    if view.action_rank >= spread_rank and not view.counters.get("taint_linked_only", 0.0) > 0.0:
+        return
+    ex = view.exits
+    if ex is None or ex[0] != bucket:
+        view.exits = [bucket, group]
+    elif len(ex) <= cap and group not in ex:
+        ex.append(group)
+
+
+def take_exits(view: AccountView, bucket: int) -> list[str]:
+    """The exits :func:`note_exit` remembered in this window bucket; forgets them."""
+    ex = view.exits
+    if ex is None:
+        return []
+    view.exits = None
+    return ex[1:] if ex[0] == bucket else []
+
+
 def apply_counters(counters: dict[str, float], increments: Mapping[str, float]) -> None:
     """Apply increments, keeping ``cap_top`` / ``tpl_top`` as running maxima of their families.
 
@@ -257,11 +282,15 @@ class Folded:
     touched: pl.DataFrame  # ``group``, ``key`` = row * TOUCH_SLOTS + membership index of each sketch's last addition
 
 
+#: Most exits an account remembers per window for retro-taint (``propagation.links.ip.retro_exits``).
+MAX_RETRO_EXITS = 32
+
 #: Positions per exchange in the touch keys of :class:`Folded` (memberships first; later positions
 #: are free for additions the caller makes after the fold, e.g. taint).
-TOUCH_SLOTS = 16
-#: Positions kept free for the caller's additions after the fold (one per propagation kind, and a spare).
-_CALLER_SLOTS = 4
+TOUCH_SLOTS = 48
+#: Positions kept free for the caller's additions after the fold (one per propagation kind, a spare,
+#: and the exits a newly contained account taints retroactively).
+_CALLER_SLOTS = 4 + MAX_RETRO_EXITS
 
 
 def additions(batch: ExchangeColumns) -> pl.DataFrame:
@@ -867,6 +896,12 @@ class MemoryState:
                 self._accounts[account_id] = view
             view.action_rank, view.cluster_id, view.reasons = rank, cluster_id, list(reasons)
 
+    def pending_exits(self, account_id: str) -> list[str]:
+        """The exits an account remembers for retro-taint (:func:`note_exit`), whatever their window."""
+        view = self._accounts.get(account_id)
+        ex = view.exits if view is not None else None
+        return [] if ex is None else ex[1:]
+
     def ping(self) -> bool:
         return True
 
@@ -876,8 +911,10 @@ class MemoryState:
 
 # --------------------------------------------------------------------------- redis
 
-# KEYS[1] account hash, KEYS[2..] sketch keys.
-# ARGV: ttl, ts_ms, n_incs, (field, inc)*, max_family_fields, then one member per sketch key.
+# KEYS[1] account hash, KEYS[2] its retro-taint exits (a hash: "#b" the window bucket, one field per
+# taint group), KEYS[3..] sketch keys.
+# ARGV: ttl, ts_ms, n_incs, (field, inc)*, max_family_fields, exit group ("" none), exit bucket,
+# exit cap, spread rank, then one member per sketch key.
 _OBSERVE_LUA = """
 local acct = KEYS[1]
 local ttl = tonumber(ARGV[1])
@@ -914,10 +951,26 @@ if has_n then
   if (not last) or ts > tonumber(last) then redis.call("HSET", acct, "last_ms", ts) end
 end
 redis.call("EXPIRE", acct, ttl)
+local xg = ARGV[5 + 2 * n_incs]
+if xg ~= "" then
+  -- note_exit: only while the account spreads no taint
+  local action = tonumber(redis.call("HGET", acct, "action") or "0")
+  local linked = tonumber(redis.call("HGET", acct, "taint_linked_only") or "0")
+  if action < tonumber(ARGV[8 + 2 * n_incs]) or linked > 0 then
+    local xk = KEYS[2]
+    local xb = ARGV[6 + 2 * n_incs]
+    if redis.call("HGET", xk, "#b") ~= xb then
+      redis.call("DEL", xk)
+      redis.call("HSET", xk, "#b", xb)
+    end
+    if redis.call("HLEN", xk) <= tonumber(ARGV[7 + 2 * n_incs]) then redis.call("HSET", xk, xg, 1) end
+    redis.call("EXPIRE", xk, ttl)
+  end
+end
 local counts = {}
-local base = 5 + 2 * n_incs
-for k = 2, #KEYS do
-  local member = ARGV[base + k - 2]
+local base = 9 + 2 * n_incs
+for k = 3, #KEYS do
+  local member = ARGV[base + k - 3]
   if member ~= "" then
     redis.call("PFADD", KEYS[k], member)
     redis.call("EXPIRE", KEYS[k], ttl)
@@ -965,6 +1018,21 @@ class RedisState:
     def _acct(self, account_id: str) -> str:
         return f"{self.prefix}:a:{account_id}"
 
+    def _exits(self, account_id: str) -> str:
+        return f"{self.prefix}:x:{account_id}"
+
+    def take_exits(self, account_id: str, bucket: int) -> list[str]:
+        """:func:`take_exits` on the stored exits (sorted: a Redis hash keeps no order)."""
+        key = self._exits(account_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(key)
+        pipe.delete(key)
+        raw, _ = self._call(pipe.execute)
+        fields = {_s(k): _s(v) for k, v in raw.items()}
+        if fields.pop("#b", None) != str(bucket):
+            return []
+        return sorted(fields)
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -972,11 +1040,12 @@ class RedisState:
             raise StateUnavailable(f"redis state store unreachable: {exc}") from exc
 
     def observe(self, obs: Observation) -> AccountView:
-        keys = [self._acct(obs.account_id)] + [f"{self.prefix}:s:{g}" for g, _ in obs.distinct]
+        keys = [self._acct(obs.account_id), self._exits(obs.account_id)] + [f"{self.prefix}:s:{g}" for g, _ in obs.distinct]
         argv: list[Any] = [self.ttl, obs.ts_ms, len(obs.counters)]
         for name, inc in obs.counters.items():
             argv += [name, repr(float(inc))]
         argv.append(MAX_FAMILY_FIELDS)
+        argv += list(obs.exit) if obs.exit is not None else ["", 0, 0, 0]
         argv += [m for _, m in obs.distinct]
         flat, counts = self._call(self._observe, keys=keys, args=argv)
         view = _parse_hash(obs.account_id, flat)

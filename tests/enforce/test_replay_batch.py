@@ -48,7 +48,7 @@ BENIGN = ["how do I bake bread", "translate 'good morning' into French", "write 
 def _state(state: MemoryState) -> tuple[list[Any], list[Any]]:
     """Everything a MemoryState holds, in LRU order."""
     accounts = [
-        (a, v.counters, v.first_ms, v.last_ms, v.action_rank, v.cluster_id, v.reasons)
+        (a, v.counters, v.first_ms, v.last_ms, v.action_rank, v.cluster_id, v.reasons, v.exits)
         for a, v in state._accounts.items()
     ]
     sketches = []

@@ -76,6 +76,8 @@ def test_min_contained_empty_links_a_cloud_address_at_one(config: dict[str, Any]
 
 
 def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_address(config: dict[str, Any]) -> None:
+    # The shared address is read on its own here (not superseded by the link), to see vouching waive it.
+    config["enforce"]["online"]["propagation"]["links"]["ip"]["supersedes_shared_ip"] = False
     e = build_enforcer(config, with_limits=False, intel=_intel())
     for k in range(4):
         _contain(e, f"cloud-attacker-{k}", "203.0.113.9", k)
@@ -91,6 +93,8 @@ def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_a
 
 def test_a_kyc_account_on_a_proxy_exit_still_reads_its_taint(config: dict[str, Any]) -> None:
     """Hopping residential-proxy exits shared with contained accounts is no ordinary business, KYC or not."""
+    # The shared address is read on its own here (not superseded by the link), to see vouching waive it.
+    config["enforce"]["online"]["propagation"]["links"]["ip"]["supersedes_shared_ip"] = False
     e = build_enforcer(config, with_limits=False, intel=_intel())
     for k in range(4):
         _contain(e, f"proxy-attacker-{k}", "198.51.100.9", k)

@@ -59,6 +59,28 @@ def _state(state: MemoryState) -> tuple[list[Any], list[Any]]:
     return accounts, sketches
 
 
+def one_check_at_a_time(
+    e: Enforcer, rows: list[dict[str, Any]], metas: dict[str, AccountMeta], signals: pl.DataFrame
+) -> list[dict[str, Any]]:
+    """The changed decisions of ``e.process`` called once per row: what replay must reproduce."""
+    return [
+        d.to_json()
+        for i, r in enumerate(rows)
+        for d in e.process([r], [metas.get(r["account_id"])], signals.slice(i, 1))
+        if d.changed
+    ]
+
+
+def in_replay_batches(
+    e: Enforcer, table: pa.Table, signals: pl.DataFrame, metas: dict[str, AccountMeta], batch: int
+) -> list[dict[str, Any]]:
+    """The decisions of ``e.replay_batch`` over ``table`` in slices of ``batch`` rows."""
+    got: list[dict[str, Any]] = []
+    for s in range(0, table.num_rows, batch):
+        got += [d.to_json() for d in e.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)]
+    return got
+
+
 # --------------------------------------------------------------------------- the fold
 
 
@@ -303,16 +325,9 @@ def test_replay_batch_equals_one_check_at_a_time(
     table = exchange_table(rows)
     signals = BatchContentSignals(config, capability_model=False).compute(table)
     one = _enforcer(config, max_accounts, max_sketch_keys)
-    expected = [
-        d.to_json()
-        for i, r in enumerate(rows)
-        for d in one.process([r], [metas.get(r["account_id"])], signals.slice(i, 1))
-        if d.changed
-    ]
+    expected = one_check_at_a_time(one, rows, metas, signals)
     batched = _enforcer(config, max_accounts, max_sketch_keys)
-    got = []
-    for s in range(0, len(rows), batch):
-        got += [d.to_json() for d in batched.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)]
+    got = in_replay_batches(batched, table, signals, metas, batch)
     assert got == expected
     assert len({d["action"] for d in expected}) >= 3  # the traffic reaches several actions, propagation included
     assert any(r["signal"].startswith("online.flagged_") for d in expected for r in d["reasons"])
@@ -356,15 +371,8 @@ def test_replay_batch_equals_one_check_at_a_time_with_known_campaigns_and_peers(
         e.peer = _peer_matcher()
         enforcers.append(e)
     one, batched = enforcers
-    expected = [
-        d.to_json()
-        for i, r in enumerate(rows)
-        for d in one.process([r], [metas.get(r["account_id"])], signals.slice(i, 1))
-        if d.changed
-    ]
-    got = []
-    for s in range(0, len(rows), 400):
-        got += [d.to_json() for d in batched.replay_batch(table.slice(s, 400), signals.slice(s, 400), metas)]
+    expected = one_check_at_a_time(one, rows, metas, signals)
+    got = in_replay_batches(batched, table, signals, metas, 400)
     assert got == expected
     signals_seen = {r["signal"] for d in expected for r in d["reasons"]}
     assert {"online.known_campaign_member", "online.known_campaign_link", "online.peer_indicator"} <= signals_seen
@@ -420,15 +428,8 @@ def test_replay_batch_equals_one_check_at_a_time_with_vouched_accounts_and_cloud
     signals = BatchContentSignals(config, intel=intel, capability_model=False).compute(table)
     cfg = {**config, "enforce": {**config["enforce"], "max_sketch_keys": max_sketch_keys}}
     one, batched = (Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=intel) for _ in range(2))
-    expected = [
-        d.to_json()
-        for i, r in enumerate(rows)
-        for d in one.process([r], [metas.get(r["account_id"])], signals.slice(i, 1))
-        if d.changed
-    ]
-    got = []
-    for s in range(0, len(rows), batch):
-        got += [d.to_json() for d in batched.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)]
+    expected = one_check_at_a_time(one, rows, metas, signals)
+    got = in_replay_batches(batched, table, signals, metas, batch)
     assert got == expected
     assert isinstance(one.backend, MemoryState) and isinstance(batched.backend, MemoryState)
     assert _state(batched.backend) == _state(one.backend)

@@ -6,7 +6,6 @@ import copy
 import random
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -25,7 +24,7 @@ from distillguard.enforce.settings import EnforceSettings
 from distillguard.enforce.state import AccountView, MemoryState, note_exit, take_exits
 
 from .conftest import RedisServer
-from .test_replay_batch import BENIGN, HARVEST, _state
+from .test_replay_batch import BENIGN, HARVEST, _state, in_replay_batches, one_check_at_a_time
 
 T0 = 1_750_000_000_000 - 1_750_000_000_000 % 86_400_000  # a UTC midnight: the address window's bucket start
 DAY = 86_400_000
@@ -186,10 +185,6 @@ def _rotating_campaign(seed: int) -> tuple[list[dict[str, Any]], dict[str, Accou
     return rows, metas
 
 
-def _one_by_one(e: Enforcer, rows: list[dict[str, Any]], metas: dict[str, AccountMeta], signals: pl.DataFrame) -> list[dict[str, Any]]:
-    return [d.to_json() for i, r in enumerate(rows) for d in e.process([r], [metas.get(r["account_id"])], signals.slice(i, 1)) if d.changed]
-
-
 @pytest.mark.parametrize(("max_accounts", "max_sketch_keys", "batch"), [(200_000, 400_000, 400), (200_000, 400_000, 9), (40, 600, 120), (200_000, 260, 300), (200_000, 330, 100)])
 def test_replay_batch_equals_one_check_at_a_time_with_retro_taint(
     config: dict[str, Any], max_accounts: int, max_sketch_keys: int, batch: int
@@ -199,14 +194,12 @@ def test_replay_batch_equals_one_check_at_a_time_with_retro_taint(
     signals = BatchContentSignals(config, intel=_intel(), capability_model=False).compute(table)
     cfg = {**config, "enforce": {**config["enforce"], "max_accounts": max_accounts, "max_sketch_keys": max_sketch_keys}}
     one, batched = (Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=_intel()) for _ in range(2))
-    expected = _one_by_one(one, rows, metas, signals)
-    got = []
-    for s in range(0, len(rows), batch):
-        got += [d.to_json() for d in batched.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)]
+    expected = one_check_at_a_time(one, rows, metas, signals)
+    got = in_replay_batches(batched, table, signals, metas, batch)
     assert got == expected
     assert isinstance(one.backend, MemoryState) and isinstance(batched.backend, MemoryState)
     assert _state(batched.backend) == _state(one.backend)
     # The traffic needs retro-taint: without it other decisions are taken.
     off = copy.deepcopy(cfg)
     off["enforce"]["online"]["propagation"]["links"]["ip"]["retro_exits"] = 0
-    assert _one_by_one(Enforcer(off, campaigns=CampaignWatcher(None, 0.3), intel=_intel()), rows, metas, signals) != expected
+    assert one_check_at_a_time(Enforcer(off, campaigns=CampaignWatcher(None, 0.3), intel=_intel()), rows, metas, signals) != expected

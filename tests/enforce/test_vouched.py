@@ -75,12 +75,18 @@ def test_min_contained_empty_links_a_cloud_address_at_one(config: dict[str, Any]
     assert _flagged_ip_score(e, _check(e, "customer", "203.0.113.7", 10)) == pytest.approx(6.0)
 
 
-def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_address(config: dict[str, Any]) -> None:
-    # The shared address is read on its own here (not superseded by the link), to see vouching waive it.
+def _exit_of_four_contained_accounts(config: dict[str, Any], who: str, ip: str) -> Enforcer:
+    """Four contained accounts on ``ip``; the shared address read on its own (not superseded by
+    the link), to see vouching waive it."""
     config["enforce"]["online"]["propagation"]["links"]["ip"]["supersedes_shared_ip"] = False
     e = build_enforcer(config, with_limits=False, intel=_intel())
     for k in range(4):
-        _contain(e, f"cloud-attacker-{k}", "203.0.113.9", k)
+        _contain(e, f"{who}-{k}", ip, k)
+    return e
+
+
+def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_address(config: dict[str, Any]) -> None:
+    e = _exit_of_four_contained_accounts(config, "cloud-attacker", "203.0.113.9")
     kyc = _check(e, "lab", "203.0.113.9", 10, verification="kyc")
     assert not {"online.flagged_ip", "online.shared_ip"} & set(_signals(kyc))
     assert kyc.action is Action.ALLOW
@@ -93,11 +99,7 @@ def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_a
 
 def test_a_kyc_account_on_a_proxy_exit_still_reads_its_taint(config: dict[str, Any]) -> None:
     """Hopping residential-proxy exits shared with contained accounts is no ordinary business, KYC or not."""
-    # The shared address is read on its own here (not superseded by the link), to see vouching waive it.
-    config["enforce"]["online"]["propagation"]["links"]["ip"]["supersedes_shared_ip"] = False
-    e = build_enforcer(config, with_limits=False, intel=_intel())
-    for k in range(4):
-        _contain(e, f"proxy-attacker-{k}", "198.51.100.9", k)
+    e = _exit_of_four_contained_accounts(config, "proxy-attacker", "198.51.100.9")
     kyc = _check(e, "kyc-head", "198.51.100.9", 10, verification="kyc")
     assert _flagged_ip_score(e, kyc) == pytest.approx(6.0)
     assert "online.shared_ip" in _signals(kyc)

@@ -177,9 +177,26 @@ class SparkEngine:
         return self.backend.table(name)
 
     def cache(self, expr: ir.Table) -> ir.Table:
-        """``expr`` as a cached Spark view (computed at first use, kept for later queries)."""
-        cached: ir.Table = expr.cache()
-        return cached
+        """``expr`` computed now, written as Parquet under the stage directory and read back as a view.
+
+        Not ``DataFrame.cache()``: an in-memory relation keeps the partitions it was built in,
+        and linking's held tables are skewed (a hydra's keys in one or two of them). At the seed
+        scale one task spent 27 minutes building a cached pair table while the other core idled,
+        and everything reading it inherited the skew. Read back from files, a table is split by
+        size, its row count and size are known to the planner, and it leaves the heap to the disk
+        as the embedded engine's file-backed holds do.
+        """
+        table = expr.as_table()
+        self.backend._run_pre_execute_hooks(table)
+        name = f"held_{uuid.uuid4().hex[:12]}"
+        fs_target = f"{self._fs_root}/{name}"
+        uri = self._uri(fs_target)
+        self._staged.append(fs_target)
+        self.session.sql(self.backend.compile(table)).write.parquet(uri)
+        self.session.read.parquet(uri).createOrReplaceTempView(name)
+        self._names.add(name)
+        held: ir.Table = self.backend.table(name)
+        return held
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         """Execute ``expr`` on Spark and return it with the embedded engine's Arrow types."""
@@ -265,6 +282,10 @@ class SparkEngine:
             existing_data_behavior="error",
         )
         self._staged.append(target)
+        return self._uri(target)
+
+    def _uri(self, target: str) -> str:
+        """What Spark reads for a path of the stage file system."""
         if "://" in self.stage_dir:
             scheme = self.stage_dir.split("://", 1)[0]
             return f"{scheme}://{target}" if not target.startswith(f"{scheme}://") else target

@@ -87,7 +87,7 @@ def test_engine_leaves_a_shared_stage_directory_as_it_found_it(
     spark_session: Any, tmp_path: Path
 ) -> None:
     """On a cluster the stage directory is shared between runs: remove this run's files only
-    (and release what the run cached in the session, which outlives the engine)."""
+    (its held results included) and drop the views it made in the session, which outlives the engine."""
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "other-run").write_text("not ours")
@@ -95,12 +95,13 @@ def test_engine_leaves_a_shared_stage_directory_as_it_found_it(
     held = engine.cache(engine.table("t", _sample()).select("account_id"))
     assert engine.to_arrow(held).num_rows == 5
     view = held.op().name
-    assert spark_session.catalog.isCached(view)
+    assert spark_session.catalog.tableExists(view)
     (engine.scratch / "part.parquet").write_bytes(b"signals")
-    assert len(list(shared.iterdir())) == 3  # the other run's, our staged table, our scratch
+    # The other run's, our staged table, our held result, our scratch.
+    assert len(list(shared.iterdir())) == 4
     engine.close()
     assert [p.name for p in shared.iterdir()] == ["other-run"]
-    assert not spark_session.catalog.tableExists(view)  # the cached result was released
+    assert not spark_session.catalog.tableExists(view)  # the held result's view was dropped
 
 
 def _approx_equal(a: Any, b: Any, tol: float = 1e-9, where: str = "$") -> list[str]:

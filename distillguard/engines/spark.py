@@ -48,6 +48,9 @@ LOCAL_CONF: Final[Mapping[str, str]] = {
     "spark.driver.memory": "4g",
     "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
 }
+#: Environment variable of extra settings for the local session, ``key=value`` pairs separated by
+#: whitespace or commas (e.g. ``spark.driver.memory=12g spark.sql.shuffle.partitions=64``).
+CONF_ENV: Final = "DISTILLGUARD_SPARK_CONF"
 #: Spark setting naming where inputs are staged for executors (a URI on a cluster).
 STAGE_DIR_CONF: Final = "spark.distillguard.stageDir"
 _UNSIGNED_AS: Final = pa.decimal128(20, 0)
@@ -76,6 +79,17 @@ def _is_local_master(master: str) -> bool:
 def _under_spark_submit() -> bool:
     """This driver was started by spark-submit (PySpark then joins the JVM spark-submit runs)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def conf_from_env(text: str | None) -> dict[str, str]:
+    """Settings from :data:`CONF_ENV`'s value; a pair without ``=`` or with an empty key is an error."""
+    conf: dict[str, str] = {}
+    for pair in (text or "").replace(",", " ").split():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{CONF_ENV}: {pair!r} is not key=value")
+        conf[key.strip()] = value
+    return conf
 
 
 def _local_session(master: str, conf: Mapping[str, str]) -> Any:
@@ -122,7 +136,8 @@ class SparkEngine:
             self._owns_session = True
         if session is None:
             session = _local_session(
-                master or os.environ.get("DISTILLGUARD_SPARK_MASTER", "local[*]"), conf or {}
+                master or os.environ.get("DISTILLGUARD_SPARK_MASTER", "local[*]"),
+                {**conf_from_env(os.environ.get(CONF_ENV)), **(conf or {})},
             )
             self._owns_session = True
         self.session: Any = session

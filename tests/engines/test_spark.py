@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from distillguard.cli import app
 from distillguard.core.config import load_config
+from distillguard.core.errors import ConfigError
 from distillguard.engines import open_engine
 from distillguard.engines.embedded import EmbeddedEngine
-from distillguard.engines.spark import SparkEngine
+from distillguard.engines.spark import SparkEngine, conf_from_env
 from distillguard.pipeline import DetectResult, run_detect, write_outputs
 from distillguard.simulate import simulate
 
@@ -169,6 +170,19 @@ def test_detect_on_spark_matches_embedded(
     )
     # The caller's session survived (the engine only stops sessions it started).
     assert spark_session.range(2).count() == 2
+
+
+def test_local_settings_from_the_environment_are_parsed_and_bad_pairs_named() -> None:
+    text = " spark.driver.memory=12g,spark.sql.shuffle.partitions=64  a.b=x=y "
+    assert conf_from_env(text) == {
+        "spark.driver.memory": "12g",
+        "spark.sql.shuffle.partitions": "64",
+        "a.b": "x=y",
+    }
+    assert conf_from_env(None) == {} == conf_from_env("")
+    for bad in ("spark.driver.memory", "=12g"):
+        with pytest.raises(ConfigError, match="not key=value"):
+            conf_from_env(f"spark.ui.enabled=false {bad}")
 
 
 def test_approx_equal_reports_what_differs() -> None:

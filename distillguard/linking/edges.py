@@ -43,6 +43,8 @@ EDGE_KINDS: tuple[str, ...] = (
 EDGE_DETECTOR_VERSION = "1.0.0"
 
 _EXPLAINABLE_KINDS = ("education", "business")
+#: Kinds whose keys are network addresses (and so may be shared cloud infrastructure).
+_ADDRESS_KINDS = ("ip", "prefix")
 
 
 def _seconds_bucket(
@@ -114,15 +116,31 @@ def _key_stats(
         * ibis.ifelse(explained, float(lcfg["explained_discount"]), 1.0)
         * ibis.ifelse(dominant, float(lcfg["dominant_discount"]), 1.0)
     )
-    per_key = per_key.mutate(key_weight=w).select("key", "df", "key_weight")
+    infra_kinds = [str(k) for k in lcfg.get("vouched_infrastructure_kinds") or []]
+    infra = per_key.net_kind.isin(infra_kinds) if infra_kinds else ibis.literal(False)
+    per_key = per_key.mutate(key_weight=w, infra=infra.fill_null(False)).select(
+        "key", "df", "key_weight", "infra"
+    )
     members = ka.select("key", "account_id", "address").join(per_key, "key")
     return members.mutate(kind=ibis.literal(kind)).select(
-        "kind", "key", "account_id", "key_weight", "df", "address"
+        "kind", "key", "account_id", "key_weight", "df", "address", "infra"
     )
 
 
-def _pairs(members: ir.Table, kind: str, cfg: Mapping[str, Any]) -> ir.Table:
+def _pairs(
+    members: ir.Table, kind: str, cfg: Mapping[str, Any], vouched_discount: float = 1.0
+) -> ir.Table:
     """Saturated per-pair contribution of one kind from its eligible key memberships.
+
+    Keys on shared infrastructure (``infra``: a cloud address, ``vouched_infrastructure_kinds``)
+    held by a *vouched* member (``vouched``, see ``_account_table``) count at
+    ``vouched_discount``: what they add to the pair's saturated contribution beyond its other
+    keys is multiplied by it — after saturation, since a pair sharing a cloud NAT for weeks
+    shares hundreds of its windows. A KYC'd business's batch jobs leave from the same cloud NAT
+    gateways and prefixes as anyone renting there, campaigns included (seed scale, fresh seed
+    1071: ten enterprise batch accounts tied to all 120 accounts of a reasoning harvester by
+    cloud exits alone, and suspended with it). The online path's vouched accounts ignore shared
+    cloud addresses the same way. Both ends unvouched: no change.
 
     Pairs are keyed by integer account codes: the self-join and the per-pair sums are the
     heaviest step of linking, and integers hash and compare far faster than account names.
@@ -135,22 +153,39 @@ def _pairs(members: ir.Table, kind: str, cfg: Mapping[str, Any]) -> ir.Table:
     (small seed 2026: `june2026` recall 100 → 93 %). Clusters standing on one address are set
     apart after clustering instead (``linking.location_max_addresses``).
     """
+    discounting = vouched_discount < 1.0
+    # Only the address kinds carry the flag: the widest self-joins of the others stay as narrow.
+    flag = {"vi": members.infra & members.vouched} if discounting else {}
     a = members.select(
         key=members.key,
         code_a=members.account_code,
         key_weight=members.key_weight,
         address=members.address,
+        **{f"{k}_a": v for k, v in flag.items()},
     )
-    b = members.select(key_b=members.key, code_b=members.account_code)
+    b = members.select(
+        key_b=members.key, code_b=members.account_code, **{f"{k}_b": v for k, v in flag.items()}
+    )
     joined = a.join(b, [a.key == b.key_b, a.code_a < b.code_b])
+    vi_weight = (
+        ibis.ifelse(joined.vi_a | joined.vi_b, joined.key_weight, 0.0)
+        if discounting
+        else ibis.literal(0.0)
+    )
+    joined = joined.mutate(vi_weight=vi_weight)
     if cfg.get("distinct_address", False):
         joined = joined.group_by(["code_a", "code_b", "address"]).agg(
-            key_weight=joined.key_weight.max()
+            key_weight=joined.key_weight.max(), vi_weight=joined.vi_weight.max()
         )
-    summed = joined.group_by(["code_a", "code_b"]).agg(s=joined.key_weight.sum())
+    summed = joined.group_by(["code_a", "code_b"]).agg(
+        s=joined.key_weight.sum(), s_vi=joined.vi_weight.sum()
+    )
     weight = float(cfg["weight"])
     scale = float(cfg.get("scale", 1.0))
-    contrib = weight * (1.0 - (-(summed.s / scale)).exp())
+    full = weight * (1.0 - (-(summed.s / scale)).exp())
+    # What the vouched cloud keys add beyond the pair's other keys counts at the discount.
+    plain = weight * (1.0 - (-((summed.s - summed.s_vi) / scale)).exp())
+    contrib = plain + (full - plain) * vouched_discount if discounting else full
     return summed.select(
         "code_a", "code_b", kind=ibis.literal(kind), contribution=contrib.cast("float64")
     )
@@ -480,6 +515,8 @@ def edge_plan(
     if hold is not None:
         table = hold(table)
     codes = table.select("account_id", "account_code")
+    vouched = table.select("account_id", "account_code", vouched=table.kyc | table.platform)
+    infra_discount = float(lcfg.get("vouched_infrastructure_discount", 1.0))
     pair_parts: list[ir.Table] = []
     member_parts: list[ir.Table] = []
     for kind in EDGE_KINDS:
@@ -502,10 +539,10 @@ def edge_plan(
             else:
                 keyed = _exchange_keys(signals, kind, cfg, lcfg)
             members = _key_stats(keyed, accounts, kind, n_accounts, cfg, lcfg, hold)
-            members = members.join(codes, "account_id")
+            members = members.join(vouched, "account_id")
             if hold is not None:
                 members = hold(members)
-            pairs = _pairs(members, kind, cfg)
+            pairs = _pairs(members, kind, cfg, infra_discount if kind in _ADDRESS_KINDS else 1.0)
             # Synchrony's memberships are raw activity, not indicators: the edge share reports it.
             member_parts.append(
                 # Cast: a kind without addresses holds nulls, which Spark reads back as int32.

@@ -96,6 +96,8 @@ def test_platforms_serving_many_end_users_are_discounted_like_kyc_pairs() -> Non
                 s.exchange(aid, T0 + j * 600 + i * 60, ip, "datacenter", end_user=user)
     sig, acc = s.tables()
     config = small_world_config()
+    # The platforms' shared cloud key is discounted too (tested on its own below): set aside.
+    config["linking"]["vouched_infrastructure_discount"] = 1.0
     weights = {}
     for min_users in (5, 0):
         config["linking"]["platform_min_end_users"] = min_users
@@ -107,6 +109,41 @@ def test_platforms_serving_many_end_users_are_discounted_like_kyc_pairs() -> Non
     assert weights[0]["plat"] > 0.5
     assert weights[5]["plat"] == pytest.approx(weights[0]["plat"] * discount)
     assert weights[5]["pair"] == pytest.approx(weights[0]["pair"])
+
+
+def test_a_kyc_account_on_a_shared_cloud_exit_is_discounted_only_there() -> None:
+    # One KYC'd business and one unverified account on a shared datacenter exit; the same pair
+    # shape on a residential exit; and two unverified accounts on a datacenter exit. Only the
+    # business's cloud key is discounted: a residential exit it shares is still evidence.
+    s = Synth(9)
+    add_background(s, n=40)
+    shapes = (("cloud", "datacenter", "kyc"), ("home", "residential", "kyc"), ("anon", "datacenter", "card"))
+    for n, (group, net_kind, first_verification) in enumerate(shapes):
+        for i in range(2):
+            aid = f"{group}-{i}"
+            verification = first_verification if i == 0 else "card"
+            s.account(aid, T0 - 300 * DAY, f"{aid}.example", f"pf-{aid}", f"9.9.{n}.{i}", verification)
+            for j in range(24):
+                s.exchange(aid, T0 + j * 600 + i * 60, f"7.7.{n}.7", net_kind)
+    sig, acc = s.tables()
+    config = small_world_config()
+    weights = {}
+    for discount in (0.25, 1.0):
+        config["linking"]["vouched_infrastructure_discount"] = discount
+        engine = EmbeddedEngine()
+        e, _ = edge_expressions(engine.table("s", sig), engine.table("a", acc), config)
+        df = _group_edges(engine.to_arrow(e))
+        weights[discount] = {g: _within(df, g) for g, _, _ in shapes}
+    off, on = weights[1.0], weights[0.25]
+    assert off["cloud"]["weight"].sum() > 1.0
+    for kind in ("w_ip", "w_prefix"):
+        # Every key the pair shares is the business's cloud exit: the whole kind is discounted.
+        assert off["cloud"][kind].sum() > 0.0, kind
+        assert on["cloud"][kind].sum() == pytest.approx(off["cloud"][kind].sum() * 0.25), kind
+    assert on["cloud"]["w_user_agent"].sum() == pytest.approx(off["cloud"]["w_user_agent"].sum())
+    for group in ("home", "anon"):
+        assert on[group]["weight"].sum() == pytest.approx(off[group]["weight"].sum()), group
+        assert off[group]["weight"].sum() > 1.0, group
 
 
 def test_signup_wave_from_related_ips() -> None:

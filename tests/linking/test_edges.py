@@ -117,12 +117,18 @@ def test_a_kyc_account_on_a_shared_cloud_exit_is_discounted_only_there() -> None
     # business's cloud key is discounted: a residential exit it shares is still evidence.
     s = Synth(9)
     add_background(s, n=40)
-    shapes = (("cloud", "datacenter", "kyc"), ("home", "residential", "kyc"), ("anon", "datacenter", "card"))
+    shapes = (
+        ("cloud", "datacenter", "kyc"),
+        ("home", "residential", "kyc"),
+        ("anon", "datacenter", "card"),
+    )
     for n, (group, net_kind, first_verification) in enumerate(shapes):
         for i in range(2):
             aid = f"{group}-{i}"
             verification = first_verification if i == 0 else "card"
-            s.account(aid, T0 - 300 * DAY, f"{aid}.example", f"pf-{aid}", f"9.9.{n}.{i}", verification)
+            s.account(
+                aid, T0 - 300 * DAY, f"{aid}.example", f"pf-{aid}", f"9.9.{n}.{i}", verification
+            )
             for j in range(24):
                 s.exchange(aid, T0 + j * 600 + i * 60, f"7.7.{n}.7", net_kind)
     sig, acc = s.tables()

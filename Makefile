@@ -32,14 +32,14 @@ demo: setup
 	$(BIN)/distillguard evaluate $(DEMO)/log $(DEMO)/results
 
 lint: setup
-	$(BIN)/ruff check distillguard tests bench
-	$(BIN)/ruff format --check distillguard tests bench
+	$(BIN)/ruff check distillguard tests bench scripts
+	$(BIN)/ruff format --check distillguard tests bench scripts
 
 typecheck: setup
 	$(BIN)/mypy
 
 test: setup
-	$(BIN)/ruff check distillguard tests bench
+	$(BIN)/ruff check distillguard tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -37,12 +37,16 @@ def _rate(n: int, seconds: float) -> int | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--logdir", type=Path, default=None)
     parser.add_argument("--scale", default="small")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--capability-model", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--breakdown", action="store_true", help="also time signals and the online path serially")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time signals and the online path serially"
+    )
     parser.add_argument("--compare-rows", action="store_true",
                         help="also time the row-by-row online path on the same batches and compare decisions")  # fmt: skip
     parser.add_argument("--baseline", action="store_true",
@@ -57,13 +61,17 @@ def main() -> None:
     config["enforce"]["online"]["capability_model"] = args.capability_model
     settings = EnforceSettings.from_config(config)
     log = load_log(logdir, config)
-    table = log.exchanges.to_table(columns=[c for c in EXCHANGE_COLUMNS if c in log.exchanges.schema.names])
+    table = log.exchanges.to_table(
+        columns=[c for c in EXCHANGE_COLUMNS if c in log.exchanges.schema.names]
+    )
     metas = account_metas(log.accounts)
     n = table.num_rows
 
     def content() -> BatchContentSignals:
         # As replay builds it: per-prompt and per-address results carried over batches.
-        return BatchContentSignals(config, intel=log.ip_intel, capability_model=settings.capability_model, carry_over=True)
+        return BatchContentSignals(
+            config, intel=log.ip_intel, capability_model=settings.capability_model, carry_over=True
+        )
 
     def enforcer(cfg: dict[str, Any] = config) -> Enforcer:
         return Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=log.ip_intel)
@@ -74,7 +82,9 @@ def main() -> None:
         # Serial: the signal stage and the online path timed apart (replay itself overlaps them).
         signals = content()
         t, c = time.perf_counter(), time.process_time()
-        batches = [(b, signals.compute(b)) for b in sorted_batches(table, settings.replay_batch_rows)]
+        batches = [
+            (b, signals.compute(b)) for b in sorted_batches(table, settings.replay_batch_rows)
+        ]
         t_sig, c_sig = time.perf_counter() - t, time.process_time() - c
         online = enforcer()
         t, c = time.perf_counter(), time.process_time()
@@ -90,7 +100,10 @@ def main() -> None:
             for b, s in batches:
                 rows = exchange_rows(b)
                 metas_b = [metas.get(r["account_id"]) for r in rows]
-                slow += [d.to_json() for d in rows_path.process(rows, metas_b, s, limits=False, changes_only=True)]
+                slow += [
+                    d.to_json()
+                    for d in rows_path.process(rows, metas_b, s, limits=False, changes_only=True)
+                ]
             t_rows, c_rows = time.perf_counter() - t, time.process_time() - c
             result.update({"online_rows_s": round(t_rows, 2), "online_rows_cpu_s": round(c_rows, 2),
                            "online_rows_per_s": _rate(n, t_rows), "same_decisions": fast == slow})  # fmt: skip
@@ -101,7 +114,10 @@ def main() -> None:
             **config["enforce"]["online"]["propagation"],
             "links": {k: {**v, "weight": 0.0} for k, v in config["enforce"]["online"]["propagation"]["links"].items()},
         }}}}  # fmt: skip
-        for name, cfg in (("online_per_s_no_propagation", plain), ("online_per_s_with_propagation", config)):
+        for name, cfg in (
+            ("online_per_s_no_propagation", plain),
+            ("online_per_s_with_propagation", config),
+        ):
             e = enforcer(cfg)
             t = time.perf_counter()
             for b, s in batches:
@@ -109,7 +125,9 @@ def main() -> None:
             result[name] = _rate(n, time.perf_counter() - t)
     out = Path(tempfile.mkdtemp())
     t, c = time.perf_counter(), time.process_time()
-    summary = replay_table(table, log.accounts, enforcer(), out, settings.replay_batch_rows, content(), progress=False)
+    summary = replay_table(
+        table, log.accounts, enforcer(), out, settings.replay_batch_rows, content(), progress=False
+    )
     c_replay = time.process_time() - c
     result.update({"replay_s": round(summary.seconds, 2), "replay_cpu_s": round(c_replay, 2),
                    "exchanges_per_s": round(summary.rate), "replay_us_cpu_per_exchange": round(c_replay / n * 1e6, 1),

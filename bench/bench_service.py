@@ -81,7 +81,9 @@ def _worker(args: tuple[str, float, float, int, int, int]) -> tuple[list[float],
     return latencies, errors
 
 
-def _load(url: str, rate: float, seconds: float, accounts: int, clients: int = 8) -> tuple[np.ndarray, float, int]:
+def _load(
+    url: str, rate: float, seconds: float, accounts: int, clients: int = 8
+) -> tuple[np.ndarray, float, int]:
     """Bounded load from ``clients`` threads in a separate process pool, each paced at rate/clients."""
     host_port = url.removeprefix("http://")
     jobs = [(host_port, rate / clients, seconds, accounts, c, clients) for c in range(clients)]
@@ -146,7 +148,12 @@ end
 
 
 def _wrk(
-    url: str, rate: float, seconds: float, accounts: int, client_cpu: int | None = None, priority: int = 0
+    url: str,
+    rate: float,
+    seconds: float,
+    accounts: int,
+    client_cpu: int | None = None,
+    priority: int = 0,
 ) -> dict[str, object]:
     """``wrk`` on loopback, one thread sending ``rate`` requests a second on schedule over a few keep-alive connections.
 
@@ -154,10 +161,22 @@ def _wrk(
     so latency percentiles only count the server's answer time while ``late`` stays near 0).
     """
     assert url.startswith("http://127.0.0.1:"), "the benchmark only targets loopback"
-    connections = max(16, round(rate * 0.005))  # enough idle connections to send on time after a slow answer
+    connections = max(
+        16, round(rate * 0.005)
+    )  # enough idle connections to send on time after a slow answer
     script = Path(tempfile.mkdtemp()) / "check.lua"
     script.write_text(_WRK_LUA % {"accounts": accounts, "interval": repr(1000.0 / rate)})
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "2s", "-s", str(script), url]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "2s",
+        "-s",
+        str(script),
+        url,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True,
                           preexec_fn=_placed(client_cpu, priority))  # fmt: skip
@@ -187,7 +206,9 @@ def _server_side(url: str) -> dict[str, float | None]:
     total = buckets[-1][1] if buckets else 0
     out: dict[str, float | None] = {"server_checks": total}
     for q in (0.5, 0.99):
-        out[f"server_p{int(q * 100)}_le_ms"] = next((b * 1000 for b, c in buckets if c >= q * total), None) if total else None
+        out[f"server_p{int(q * 100)}_le_ms"] = (
+            next((b * 1000 for b, c in buckets if c >= q * total), None) if total else None
+        )
     return out
 
 
@@ -210,7 +231,13 @@ def _placed(cpu: int | None, priority: int) -> Callable[[], None] | None:
 
 
 def run(
-    backend: str, rate: float, seconds: float, accounts: int, client: str = "wrk", pin: bool = False, priority: int = 0
+    backend: str,
+    rate: float,
+    seconds: float,
+    accounts: int,
+    client: str = "wrk",
+    pin: bool = False,
+    priority: int = 0,
 ) -> dict[str, object]:
     """One service process under ``rate`` checks a second.
 
@@ -221,8 +248,22 @@ def run(
     port = _port()
     tmp = Path(tempfile.mkdtemp())
     cfg = tmp / "cfg.yaml"
-    cfg.write_text("enforce:\n  online:\n    capability_model: false\n  limits:\n    account:\n      allow: 100000/minute\n      monitor: 100000/minute\n")
-    cmd = [sys.executable, "-m", "distillguard", "serve", "-c", str(cfg), "--port", str(port), "--insecure-no-auth", "--backend", backend]
+    cfg.write_text(
+        "enforce:\n  online:\n    capability_model: false\n  limits:\n    account:\n      allow: 100000/minute\n      monitor: 100000/minute\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "distillguard",
+        "serve",
+        "-c",
+        str(cfg),
+        "--port",
+        str(port),
+        "--insecure-no-auth",
+        "--backend",
+        backend,
+    ]
     redis_proc = None
     if backend == "redis":
         if shutil.which("redis-server") is None:
@@ -232,11 +273,21 @@ def run(
                                       stdout=subprocess.DEVNULL, preexec_fn=_placed(client_cpu, priority))  # fmt: skip
         time.sleep(0.5)
         cmd += ["--redis-url", f"redis://127.0.0.1:{rport}/0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_placed(server_cpu, priority))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_placed(server_cpu, priority),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url)
-        result: dict[str, object] = {"backend": backend, "target_rps": rate, "pinned": pin, "priority": priority}
+        result: dict[str, object] = {
+            "backend": backend,
+            "target_rps": rate,
+            "pinned": pin,
+            "priority": priority,
+        }
         if client == "wrk":
             # Warm-up at the target rate until every account has been seen once: the measured run is
             # the steady state, not the growth of the state (new accounts, collector generations).
@@ -246,8 +297,9 @@ def run(
             result.update(_wrk(url, rate, seconds, accounts, client_cpu, priority))
             result["load_after"] = round(os.getloadavg()[0], 2)
             # Service CPU per check: the capacity figure that a busy shared machine does not distort.
-            result["server_cpu_us_per_request"] = round(
-                (_cpu_seconds(proc.pid) - cpu) / max(1, int(result["requests"])) * 1e6, 1  # type: ignore[call-overload]
+            result["server_cpu_us_per_request"] = round(  # type: ignore[call-overload]
+                (_cpu_seconds(proc.pid) - cpu) / max(1, int(result["requests"])) * 1e6,
+                1,
             )
         else:
             _load(url, 200, 2, accounts)  # warm-up
@@ -288,23 +340,43 @@ def flood(n: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--accounts", type=int, default=5000)
     parser.add_argument("--redis", action="store_true", help="also run the Redis backend")
-    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
-    parser.add_argument("--flood", type=int, default=0, help="new account ids for the memory flood (e.g. 1000000)")
-    parser.add_argument("--pin", action="store_true", help="service on CPU 0, wrk and redis-server on CPU 1")
+    parser.add_argument(
+        "--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
+    )
+    parser.add_argument(
+        "--flood", type=int, default=0, help="new account ids for the memory flood (e.g. 1000000)"
+    )
+    parser.add_argument(
+        "--pin", action="store_true", help="service on CPU 0, wrk and redis-server on CPU 1"
+    )
     parser.add_argument("--priority", type=int, default=0, choices=range(0, 21), metavar="0-20",
                         help="lower the nice value of the service, wrk and redis-server by this much (root; "
                              "emulates dedicated cores on a machine shared with batch jobs)")  # fmt: skip
     args = parser.parse_args()
     if args.seconds > 120 or args.rate > 20_000:
         raise SystemExit("bounded benchmark: at most 120 s and 20,000 requests/s")
-    results = [run("memory", args.rate, args.seconds, args.accounts, args.client, args.pin, args.priority)]
+    results = [
+        run("memory", args.rate, args.seconds, args.accounts, args.client, args.pin, args.priority)
+    ]
     if args.redis:
-        results.append(run("redis", args.rate, args.seconds, args.accounts, args.client, args.pin, args.priority))
+        results.append(
+            run(
+                "redis",
+                args.rate,
+                args.seconds,
+                args.accounts,
+                args.client,
+                args.pin,
+                args.priority,
+            )
+        )
     if args.flood:
         results.append(flood(args.flood))
     for r in results:

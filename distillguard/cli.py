@@ -25,7 +25,9 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
-LogDir = Annotated[Path, typer.Argument(help="A log directory in the data contract.", show_default=False)]
+LogDir = Annotated[
+    Path, typer.Argument(help="A log directory in the data contract.", show_default=False)
+]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write results into.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file overlaying the packaged defaults.")
@@ -277,12 +279,17 @@ def disclose(
 
 @app.command()
 def simulate(
-    scenario: Annotated[str, typer.Option("--scenario", help="default, benign, low-and-slow, or one campaign.")] = "default",
+    scenario: Annotated[
+        str, typer.Option("--scenario", help="default, benign, low-and-slow, or one campaign.")
+    ] = "default",
     scale: Annotated[str, typer.Option("--scale", help="tiny, small, medium or seed.")] = "small",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; equal seeds give identical files.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; equal seeds give identical files.")
+    ] = 0,
     out_dir: OutDir = Path("runs/sim"),
     sets: Annotated[
-        list[str] | None, typer.Option("--set", help="Campaign knob override, e.g. june2026.cover_traffic=0.3.")
+        list[str] | None,
+        typer.Option("--set", help="Campaign knob override, e.g. june2026.cover_traffic=0.3."),
     ] = None,
 ) -> None:
     """Generate a labelled log directory of benign personas and attack campaigns."""
@@ -290,7 +297,9 @@ def simulate(
     from distillguard.simulate import simulate as run_simulation
 
     try:
-        summary = run_simulation(scenario, scale, seed, out_dir, parse_sets(sets or []), console=err)
+        summary = run_simulation(
+            scenario, scale, seed, out_dir, parse_sets(sets or []), console=err
+        )
     except DistillguardError as exc:
         _fail(exc)
         return
@@ -314,14 +323,19 @@ def detect(
     engine: Annotated[
         str,
         typer.Option(
-            "--engine", help="embedded (in process) or spark (relational stages on Apache Spark; docs/spark.md)."
+            "--engine",
+            help="embedded (in process) or spark (relational stages on Apache Spark; docs/spark.md).",
         ),
     ] = "embedded",
     indicators: Annotated[
-        Path | None, typer.Option("--indicators", help="Peer indicator store (from `share import`): one more signal.")
+        Path | None,
+        typer.Option(
+            "--indicators", help="Peer indicator store (from `share import`): one more signal."
+        ),
     ] = None,
     key_file: Annotated[
-        Path | None, typer.Option("--key-file", help="Sharing-group key, to match peers' keyed identifiers.")
+        Path | None,
+        typer.Option("--key-file", help="Sharing-group key, to match peers' keyed identifiers."),
     ] = None,
 ) -> None:
     """Judge a log directory: write verdicts.jsonl, campaigns.json and report.html to --out."""
@@ -333,7 +347,10 @@ def detect(
         if engine not in ("embedded", "spark"):
             raise ConfigError(f"--engine {engine!r}: choose embedded or spark")
         result = run_detect(
-            logdir, out_dir, use_indicator_store(load_config(config), indicators, key_file), engine=engine
+            logdir,
+            out_dir,
+            use_indicator_store(load_config(config), indicators, key_file),
+            engine=engine,
         )
     except DistillguardError as exc:
         _fail(exc)
@@ -347,9 +364,12 @@ def detect(
 @app.command()
 def report(
     logdir: LogDir,
-    resultdir: Annotated[Path, typer.Argument(help="Output directory of `detect`.", show_default=False)],
+    resultdir: Annotated[
+        Path, typer.Argument(help="Output directory of `detect`.", show_default=False)
+    ],
     out_file: Annotated[
-        Path | None, typer.Option("--out", "-o", help="HTML file to write [default: RESULTDIR/report.html].")
+        Path | None,
+        typer.Option("--out", "-o", help="HTML file to write [default: RESULTDIR/report.html]."),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -366,21 +386,33 @@ def report(
     out.print(f"wrote {target}", highlight=False)
 
 
-share_app = typer.Typer(help="Share campaign indicators with peer providers (STIX 2.1 / TAXII 2.1).", no_args_is_help=True)
+share_app = typer.Typer(
+    help="Share campaign indicators with peer providers (STIX 2.1 / TAXII 2.1).",
+    no_args_is_help=True,
+)
 app.add_typer(share_app, name="share")
-KeyFile = Annotated[Path, typer.Option("--key-file", help="Sharing-group key (from `share keygen`).")]
+KeyFile = Annotated[
+    Path, typer.Option("--key-file", help="Sharing-group key (from `share keygen`).")
+]
 TaxiiUrl = Annotated[str | None, typer.Option("--taxii", help="TAXII 2.1 collection URL.")]
 TaxiiUser = Annotated[str | None, typer.Option("--user", help="TAXII user.")]
-TaxiiPassword = Annotated[str | None, typer.Option("--password", envvar="DISTILLGUARD_TAXII_PASSWORD", help="TAXII password.")]
+TaxiiPassword = Annotated[
+    str | None,
+    typer.Option("--password", envvar="DISTILLGUARD_TAXII_PASSWORD", help="TAXII password."),
+]
 
 
 @share_app.command("keygen")
-def share_keygen(path: Annotated[Path, typer.Argument(help="Key file to create.", show_default=False)]) -> None:
+def share_keygen(
+    path: Annotated[Path, typer.Argument(help="Key file to create.", show_default=False)],
+) -> None:
     """Make a random sharing-group key; give it to every member of the group out of band."""
     from distillguard.share.api import keygen
 
     if path.exists():
-        err.print(f"[bold red]error[/]: {path} exists; refusing to overwrite a group key", highlight=False)
+        err.print(
+            f"[bold red]error[/]: {path} exists; refusing to overwrite a group key", highlight=False
+        )
         raise typer.Exit(code=2)
     out.print(f"wrote {path} (key id {keygen(path)})", highlight=False)
 
@@ -390,14 +422,20 @@ def share_export(
     results: Annotated[Path, typer.Option("--results", help="Output directory of `detect`.")],
     log: Annotated[Path, typer.Option("--log", help="The log directory `detect` read.")],
     key_file: KeyFile,
-    producer: Annotated[str, typer.Option("--producer", help="Your organisation's name (STIX identity).")],
-    bundle: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle file to write.")] = None,
+    producer: Annotated[
+        str, typer.Option("--producer", help="Your organisation's name (STIX identity).")
+    ],
+    bundle: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Bundle file to write.")
+    ] = None,
     taxii: TaxiiUrl = None,
     user: TaxiiUser = None,
     password: TaxiiPassword = None,
     tlp: Annotated[str, typer.Option("--tlp", help="clear, green, amber or red.")] = "amber",
     config: ConfigOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="stix (bundle) or misp (MISP event JSON, file only).")] = "stix",
+    fmt: Annotated[
+        str, typer.Option("--format", help="stix (bundle) or misp (MISP event JSON, file only).")
+    ] = "stix",
 ) -> None:
     """Turn detected campaigns into a keyed STIX 2.1 bundle (file and/or TAXII collection) or MISP events."""
     from distillguard.core.config import load_config
@@ -427,11 +465,20 @@ def share_export(
     if summary.vetoed:
         out.print(f"withheld (shared with benign traffic): {summary.vetoed}", highlight=False)
     if summary.published is not None:
-        out.print(f"TAXII: {summary.published.status}, {summary.published.success_count} added", highlight=False)
+        out.print(
+            f"TAXII: {summary.published.status}, {summary.published.success_count} added",
+            highlight=False,
+        )
 
 
 def _share_export_misp(
-    results: Path, log: Path, key_file: Path, producer: str, target: Path | None, taxii: str | None, tlp: str,
+    results: Path,
+    log: Path,
+    key_file: Path,
+    producer: str,
+    target: Path | None,
+    taxii: str | None,
+    tlp: str,
     config: Path | None,
 ) -> None:
     from distillguard.core.config import load_config
@@ -439,7 +486,10 @@ def _share_export_misp(
     from distillguard.share.misp import export_misp
 
     if target is None or taxii is not None:
-        err.print("[bold red]error[/]: --format misp writes a file: give --out FILE (TAXII carries STIX only)", highlight=False)
+        err.print(
+            "[bold red]error[/]: --format misp writes a file: give --out FILE (TAXII carries STIX only)",
+            highlight=False,
+        )
         raise typer.Exit(code=2)
     try:
         summary = export_misp(results, log, GroupKey.load(key_file), producer=producer, out=target, tlp=tlp,
@@ -447,7 +497,10 @@ def _share_export_misp(
     except DistillguardError as exc:
         _fail(exc)
         return
-    kinds = ", ".join(f"{n} {t}" for t, n in sorted({**summary.attributes_by_type, **summary.objects_by_name}.items()))
+    kinds = ", ".join(
+        f"{n} {t}"
+        for t, n in sorted({**summary.attributes_by_type, **summary.objects_by_name}.items())
+    )
     out.print(f"exported {summary.events} MISP event(s) to {target}: {kinds}", highlight=False)
     if summary.vetoed:
         out.print(f"withheld (shared with benign traffic): {summary.vetoed}", highlight=False)
@@ -456,14 +509,18 @@ def _share_export_misp(
 @share_app.command("import")
 def share_import(
     bundle: Annotated[Path | None, typer.Argument(help="A peer's STIX 2.1 bundle file.")] = None,
-    store: Annotated[Path, typer.Option("--store", help="Indicator store (Parquet) to merge into.")] = Path(
-        "indicators.parquet"
-    ),
-    key_file: Annotated[Path | None, typer.Option("--key-file", help="Sharing-group key, to check key ids.")] = None,
+    store: Annotated[
+        Path, typer.Option("--store", help="Indicator store (Parquet) to merge into.")
+    ] = Path("indicators.parquet"),
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="Sharing-group key, to check key ids.")
+    ] = None,
     taxii: TaxiiUrl = None,
     user: TaxiiUser = None,
     password: TaxiiPassword = None,
-    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Refuse larger bundles.")] = 16 * 1024 * 1024,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Refuse larger bundles.")] = 16
+    * 1024
+    * 1024,
 ) -> None:
     """Validate a peer's bundle (file or TAXII collection) into the indicator store, with provenance."""
     from distillguard.core.indicators import GroupKey
@@ -472,7 +529,9 @@ def share_import(
     from distillguard.share.taxii import TaxiiTarget
 
     if (bundle is None) == (taxii is None):
-        err.print("[bold red]error[/]: give a bundle FILE or --taxii URL (one of them)", highlight=False)
+        err.print(
+            "[bold red]error[/]: give a bundle FILE or --taxii URL (one of them)", highlight=False
+        )
         raise typer.Exit(code=2)
     try:
         summary = import_bundle(
@@ -484,7 +543,8 @@ def share_import(
         return
     out.print(
         f"imported {summary.added_rows} indicator value(s) from {', '.join(summary.peers) or 'no peer'}; "
-        f"store {summary.store} now holds {summary.store_rows}" + (f"; skipped {summary.skipped}" if summary.skipped else ""),
+        f"store {summary.store} now holds {summary.store_rows}"
+        + (f"; skipped {summary.skipped}" if summary.skipped else ""),
         highlight=False,
     )
 
@@ -492,38 +552,77 @@ def share_import(
 @app.command()
 def serve(
     config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option("--host", help="Bind address [default: enforce.service.host].")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port [default: enforce.service.port].")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="memory or redis [default: enforce.backend].")] = None,
-    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Redis URL [default: enforce.redis_url].")] = None,
-    campaigns: Annotated[Path | None, typer.Option("--campaigns", help="Results dir of the latest detect.")] = None,
-    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Run without a bearer key (loopback tests only).")] = False,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Bind address [default: enforce.service.host].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port [default: enforce.service.port].")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="memory or redis [default: enforce.backend].")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Redis URL [default: enforce.redis_url].")
+    ] = None,
+    campaigns: Annotated[
+        Path | None, typer.Option("--campaigns", help="Results dir of the latest detect.")
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option("--insecure-no-auth", help="Run without a bearer key (loopback tests only)."),
+    ] = False,
 ) -> None:
     """Run the HTTP decision service (POST /v1/check, /v1/record; GET /v1/accounts/ID, /healthz, /metrics)."""
     from distillguard.enforce.cli import run_service
 
     try:
-        run_service(config, host, port, backend, redis_url, campaigns, insecure_no_auth, gateway_upstream=None, logdir=None)
+        run_service(
+            config,
+            host,
+            port,
+            backend,
+            redis_url,
+            campaigns,
+            insecure_no_auth,
+            gateway_upstream=None,
+            logdir=None,
+        )
     except DistillguardError as exc:
         _fail(exc)
 
 
 @app.command()
 def gateway(
-    upstream: Annotated[str, typer.Option("--upstream", help="Base URL of the Anthropic/OpenAI-compatible API.")],
-    logdir: Annotated[Path, typer.Option("--log-dir", help="Log directory every exchange is appended to.")],
+    upstream: Annotated[
+        str, typer.Option("--upstream", help="Base URL of the Anthropic/OpenAI-compatible API.")
+    ],
+    logdir: Annotated[
+        Path, typer.Option("--log-dir", help="Log directory every exchange is appended to.")
+    ],
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option("--host", help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="memory or redis.")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis-url", help="Redis URL.")] = None,
-    campaigns: Annotated[Path | None, typer.Option("--campaigns", help="Results dir of the latest detect.")] = None,
+    campaigns: Annotated[
+        Path | None, typer.Option("--campaigns", help="Results dir of the latest detect.")
+    ] = None,
 ) -> None:
     """Run a checking reverse proxy in front of an Anthropic- or OpenAI-compatible API."""
     from distillguard.enforce.cli import run_service
 
     try:
-        run_service(config, host, port, backend, redis_url, campaigns, True, gateway_upstream=upstream, logdir=logdir)
+        run_service(
+            config,
+            host,
+            port,
+            backend,
+            redis_url,
+            campaigns,
+            True,
+            gateway_upstream=upstream,
+            logdir=logdir,
+        )
     except DistillguardError as exc:
         _fail(exc)
 
@@ -533,7 +632,9 @@ def replay(
     logdir: LogDir,
     out_dir: OutDir,
     config: ConfigOpt = None,
-    campaigns: Annotated[Path | None, typer.Option("--campaigns", help="Results dir of an earlier detect.")] = None,
+    campaigns: Annotated[
+        Path | None, typer.Option("--campaigns", help="Results dir of an earlier detect.")
+    ] = None,
 ) -> None:
     """Replay a log through the online path in time order; write decisions.jsonl (contract §3)."""
     from distillguard.core.config import load_config

@@ -43,7 +43,9 @@ from distillguard.simulate import simulate
 console = Console(stderr=True)
 
 
-def _batch_figures(logdir: Path, outdir: Path, config: dict[str, Any], result: Any) -> dict[str, Any]:
+def _batch_figures(
+    logdir: Path, outdir: Path, config: dict[str, Any], result: Any
+) -> dict[str, Any]:
     write_outputs(result, outdir)
     report = evaluate_run(logdir, outdir, config)
     assert report.detect is not None
@@ -98,8 +100,13 @@ def _simulate(scenario: str, scale: str, seed: int, out: Path, knobs: dict[str, 
 
 
 def _provider_a(
-    workdir: Path, scenario: str, scale: str, seed: int, knobs: dict[str, str],
-    config: dict[str, Any], export_config: dict[str, Any],
+    workdir: Path,
+    scenario: str,
+    scale: str,
+    seed: int,
+    knobs: dict[str, str],
+    config: dict[str, Any],
+    export_config: dict[str, Any],
 ) -> dict[str, Any]:
     """Provider A's side: simulate, detect, export a keyed bundle; then B imports it into its store."""
     log_a = workdir / "log-a"
@@ -109,7 +116,9 @@ def _provider_a(
     key.save(workdir / "group.key")
     exported = export_campaigns(workdir / "results-a", log_a, key, producer="Provider A",
                                 out=workdir / "bundle-a.json", config=export_config)  # fmt: skip
-    imported = import_bundle(workdir / "indicators-b.parquet", path=workdir / "bundle-a.json", key=key)
+    imported = import_bundle(
+        workdir / "indicators-b.parquet", path=workdir / "bundle-a.json", key=key
+    )
     return {"export": {"campaigns": exported.campaigns, "objects": exported.objects_by_type,
                        "withheld": exported.vetoed},
             "store_rows": imported.store_rows}  # fmt: skip
@@ -126,7 +135,9 @@ class _Runner:
     def __init__(self, jobs: int) -> None:
         self.pool: ProcessPoolExecutor | None = None
         if jobs > 1 and sys.modules.get(__name__) is None:
-            console.log("loaded without registering in sys.modules: workers could not find it; running in order")
+            console.log(
+                "loaded without registering in sys.modules: workers could not find it; running in order"
+            )
             jobs = 1
         if jobs > 1:
             # A spawned worker unpickles this module's functions by name: when this file was
@@ -184,11 +195,15 @@ def measure(
         console.log(f"simulating provider A (seed {seed_a}) and B (seed {seed_b}), {scenario}/{scale}; "
                     f"A: detect, export; B: import, replay and detect without and with A's indicators"
                     f" ({jobs} process{'es' if jobs > 1 else ''})")  # fmt: skip
-        side_a = run.submit(_provider_a, workdir, scenario, scale, seed_a, knobs, config, export_config)
+        side_a = run.submit(
+            _provider_a, workdir, scenario, scale, seed_a, knobs, config, export_config
+        )
         run.submit(_simulate, scenario, scale, seed_b, log_b, knobs).result()
         without = run.submit(_replay, log_b, workdir / "replay-b-without", config)
         a = side_a.result()
-        console.log(f"provider A exported {a['export']['campaigns']} campaign(s); B's store: {a['store_rows']} rows")
+        console.log(
+            f"provider A exported {a['export']['campaigns']} campaign(s); B's store: {a['store_rows']} rows"
+        )
         with_store = use_indicator_store(config, store, workdir / "group.key")
         pair = run.submit(_batch_pair, log_b, workdir, config, with_store) if batch else None
         with_ = run.submit(_replay, log_b, workdir / "replay-b-with", with_store)
@@ -269,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--min-confidence", type=float, help="override share.min_confidence for A's export"
     )
-    ap.add_argument("--jobs", type=int, default=2, help="processes for independent steps (1: in order)")
+    ap.add_argument(
+        "--jobs", type=int, default=2, help="processes for independent steps (1: in order)"
+    )
     ap.add_argument("--workdir", type=Path, help="keep intermediate logs and results here")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
     args = ap.parse_args(argv)

@@ -66,7 +66,9 @@ def test_stage_imports_only_earlier_stages(module: Path) -> None:
 def test_module_states_its_purpose(module: Path) -> None:
     docstring = ast.get_docstring(ast.parse(module.read_text(encoding="utf-8")))
     assert docstring, f"{module.relative_to(PACKAGE)} has no module docstring"
-    assert docstring.strip().splitlines()[0].strip(), "the first docstring line must say what it is for"
+    assert docstring.strip().splitlines()[0].strip(), (
+        "the first docstring line must say what it is for"
+    )
 
 
 def test_pipeline_and_cli_are_not_imported_by_stages() -> None:
@@ -74,4 +76,6 @@ def test_pipeline_and_cli_are_not_imported_by_stages() -> None:
         if _stage_of(module) in TOP_LEVEL:
             continue
         imported = _imported_stages(ast.parse(module.read_text(encoding="utf-8")))
-        assert not imported & {"pipeline", "cli"}, f"{module.relative_to(PACKAGE)} imports the wiring layer"
+        assert not imported & {"pipeline", "cli"}, (
+            f"{module.relative_to(PACKAGE)} imports the wiring layer"
+        )

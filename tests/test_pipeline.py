@@ -48,7 +48,12 @@ def test_detect_outputs_are_correct_and_byte_identical(tmp_path: Path) -> None:
     first = _run(tmp_path / "a")
     second = _run(tmp_path / "b")
     assert first == second
-    assert set(first) == {"campaign_edges.parquet", "campaigns.json", "report.html", "verdicts.jsonl"}
+    assert set(first) == {
+        "campaign_edges.parquet",
+        "campaigns.json",
+        "report.html",
+        "verdicts.jsonl",
+    }
     run = json.loads(first["campaigns.json"])["run"]
     assert run["config_hash"] and "cluster.linkage" in run["detectors"]
     for line in first["verdicts.jsonl"].decode().splitlines():

@@ -19,7 +19,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target_path = Path(target)
     target_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target_path.name}.", suffix=".tmp", dir=target_path.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target_path.name}.", suffix=".tmp", dir=target_path.parent)
+    )
     staged = tmp / target_path.name
     try:
         yield staged

@@ -19,7 +19,9 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], path: str = "") ->
     for key, value in override.items():
         where = f"{path}.{key}" if path else key
         if key not in base:
-            raise ConfigError(f"unknown configuration key {where!r}; known keys here: {sorted(base)}")
+            raise ConfigError(
+                f"unknown configuration key {where!r}; known keys here: {sorted(base)}"
+            )
         if isinstance(base[key], dict) and isinstance(value, Mapping):
             merged[key] = _merge(base[key], value, where)
         else:
@@ -29,7 +31,9 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], path: str = "") ->
 
 def default_config() -> dict[str, Any]:
     """The packaged defaults (``distillguard/core/defaults.yaml``)."""
-    text = resources.files("distillguard.core").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    text = (
+        resources.files("distillguard.core").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    )
     loaded = yaml.safe_load(text) or {}
     if not isinstance(loaded, dict):
         raise ConfigError("packaged defaults.yaml must be a mapping")

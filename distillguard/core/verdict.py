@@ -68,7 +68,9 @@ class Verdict:
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"score must be in [0, 1], got {self.score}")
         if self.action is not Action.ALLOW and not self.reasons:
-            raise ValueError(f"action {self.action.value} for {self.account_id} needs at least one reason")
+            raise ValueError(
+                f"action {self.action.value} for {self.account_id} needs at least one reason"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -37,7 +37,11 @@ class KnownCampaigns:
 
     @classmethod
     def from_documents(
-        cls, campaigns: Mapping[str, Any], verdicts: list[Mapping[str, Any]], min_key_weight: float, source: str | None = None
+        cls,
+        campaigns: Mapping[str, Any],
+        verdicts: list[Mapping[str, Any]],
+        min_key_weight: float,
+        source: str | None = None,
     ) -> KnownCampaigns:
         """Build from parsed ``campaigns.json`` and ``verdicts.jsonl`` lines."""
         ranks = {a: i for i, a in enumerate(ACTIONS)}
@@ -80,7 +84,9 @@ def read_known(results_dir: Path, min_key_weight: float) -> KnownCampaigns:
     try:
         doc = json.loads(cpath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise InvalidInputError([Problem(str(cpath), exc.lineno, None, f"not valid JSON: {exc.msg}")]) from exc
+        raise InvalidInputError(
+            [Problem(str(cpath), exc.lineno, None, f"not valid JSON: {exc.msg}")]
+        ) from exc
     verdicts: list[Mapping[str, Any]] = []
     if vpath.is_file():
         for i, line in enumerate(vpath.read_text(encoding="utf-8").splitlines(), start=1):
@@ -89,7 +95,9 @@ def read_known(results_dir: Path, min_key_weight: float) -> KnownCampaigns:
             try:
                 verdicts.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise InvalidInputError([Problem(str(vpath), i, None, f"not valid JSON: {exc.msg}")]) from exc
+                raise InvalidInputError(
+                    [Problem(str(vpath), i, None, f"not valid JSON: {exc.msg}")]
+                ) from exc
     try:
         return KnownCampaigns.from_documents(doc, verdicts, min_key_weight, str(results_dir))
     except (KeyError, TypeError, AttributeError) as exc:
@@ -101,7 +109,9 @@ def read_known(results_dir: Path, min_key_weight: float) -> KnownCampaigns:
 class CampaignWatcher:
     """Holds the current :class:`KnownCampaigns` and reloads it when the files' mtimes change."""
 
-    def __init__(self, results_dir: Path | None, min_key_weight: float, reload_seconds: float = 30.0) -> None:
+    def __init__(
+        self, results_dir: Path | None, min_key_weight: float, reload_seconds: float = 30.0
+    ) -> None:
         self.results_dir = results_dir
         self.min_key_weight = min_key_weight
         self.reload_seconds = reload_seconds

@@ -36,7 +36,9 @@ def run_service(
             "(or pass --insecure-no-auth on loopback)"
         )
     enforcer = build_enforcer(config, backend=backend, redis_url=redis_url)
-    content = BatchContentSignals(config, intel=enforcer.intel, capability_model=settings.capability_model)
+    content = BatchContentSignals(
+        config, intel=enforcer.intel, capability_model=settings.capability_model
+    )
     worker = ContentWorker(enforcer, content)
     worker.start()
     if gateway_upstream is not None:
@@ -45,7 +47,9 @@ def run_service(
         assert logdir is not None
         app = create_gateway(enforcer, gateway_upstream, logdir, worker=worker)
     else:
-        app = create_app(enforcer, api_key=None if insecure_no_auth else settings.api_key, worker=worker)
+        app = create_app(
+            enforcer, api_key=None if insecure_no_auth else settings.api_key, worker=worker
+        )
     # Everything loaded so far (libraries, models, config) lives for the whole process: moving it
     # out of the collector's generations keeps full collections, the service's tail latency
     # outliers, proportional to the online state alone.

@@ -45,7 +45,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") in ("text", "input_text"))
+        return "\n".join(
+            b.get("text", "")
+            for b in content
+            if isinstance(b, dict) and b.get("type") in ("text", "input_text")
+        )
     return ""
 
 
@@ -66,10 +70,16 @@ def parse_request(path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         sys_field = body.get("system")
         system = _text(sys_field) if sys_field else None
         meta = body.get("metadata")
-        end_user = str(meta.get("user_id")) if isinstance(meta, dict) and meta.get("user_id") else None
-        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
+        end_user = (
+            str(meta.get("user_id")) if isinstance(meta, dict) and meta.get("user_id") else None
+        )
+        thinking = (
+            isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
+        )
     else:
-        sys_msgs = [m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+        sys_msgs = [
+            m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+        ]
         system = _text(sys_msgs[0].get("content")) if sys_msgs else None
         end_user = str(body["user"]) if body.get("user") else None
         thinking = bool(body.get("reasoning_effort")) or None
@@ -83,7 +93,10 @@ def parse_request(path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         "end_user_id": end_user,
         "system_prompt_sha256": _sha(system) if system else None,
         # Rough estimate until the upstream reports usage: about four characters per token.
-        "input_tokens": max(1, sum(len(_text(m.get("content"))) if isinstance(m, dict) else 0 for m in messages) // 4),
+        "input_tokens": max(
+            1,
+            sum(len(_text(m.get("content"))) if isinstance(m, dict) else 0 for m in messages) // 4,
+        ),
     }
 
 
@@ -105,7 +118,9 @@ class ExchangeLog:
                 os.close(fd)
 
 
-def _error(path: str, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def _error(
+    path: str, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     if path.endswith("/messages"):
         body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
@@ -138,9 +153,14 @@ def create_gateway(
     app.router.on_shutdown.append(_close)
 
     def identity(request: Request) -> tuple[str, str | None, str]:
-        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        key = (
+            request.headers.get("x-api-key")
+            or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        )
         key_id = _sha(key)[:16] if key else None
-        account = request.headers.get("x-distillguard-account") or (f"key-{key_id}" if key_id else "anonymous")
+        account = request.headers.get("x-distillguard-account") or (
+            f"key-{key_id}" if key_id else "anonymous"
+        )
         ip = request.client.host if request.client else "0.0.0.0"
         if trust_forwarded_for and request.headers.get("x-forwarded-for"):
             ip = request.headers["x-forwarded-for"].split(",")[0].strip()
@@ -152,10 +172,24 @@ def create_gateway(
 
     async def forward(request: Request, body: bytes, on_done: Any = None) -> Response:
         client = clients["upstream"]
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP and not k.lower().startswith("x-distillguard")}
-        upstream_req = client.build_request(request.method, request.url.path, params=request.query_params, headers=headers, content=body)
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP and not k.lower().startswith("x-distillguard")
+        }
+        upstream_req = client.build_request(
+            request.method,
+            request.url.path,
+            params=request.query_params,
+            headers=headers,
+            content=body,
+        )
         resp = await client.send(upstream_req, stream=True)
-        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP and k.lower() != "content-encoding"}
+        out_headers = {
+            k: v
+            for k, v in resp.headers.items()
+            if k.lower() not in _HOP and k.lower() != "content-encoding"
+        }
 
         async def relay() -> AsyncIterator[bytes]:
             tail = b""
@@ -179,7 +213,9 @@ def create_gateway(
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
         except ValueError as exc:
-            return _error(path, 400, "invalid_request_error", f"request body is not a JSON object: {exc}")
+            return _error(
+                path, 400, "invalid_request_error", f"request body is not a JSON object: {exc}"
+            )
         account, key_id, ip = identity(request)
         row = {
             "ts": int(time.time() * 1000),

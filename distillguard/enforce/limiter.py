@@ -66,7 +66,11 @@ class MemoryWindows:
         now = self.clock()
         rate = self._by_id.get(id(item))
         if rate is None:
-            rate = self._by_id[id(item)] = (self._windows.setdefault(item, OrderedDict()), item.get_expiry(), item.amount)
+            rate = self._by_id[id(item)] = (
+                self._windows.setdefault(item, OrderedDict()),
+                item.get_expiry(),
+                item.amount,
+            )
             self._items.append(item)
         windows, expiry, limit = rate
         floor = now - expiry
@@ -141,14 +145,19 @@ class Limiter:
         self.windows: Windows
         if redis_url is not None:
             storage = RedisStorage(
-                redis_url, key_prefix=f"{prefix}:lim", socket_timeout=timeout, socket_connect_timeout=timeout
+                redis_url,
+                key_prefix=f"{prefix}:lim",
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
             )
             self.windows = LibraryWindows(MovingWindowRateLimiter(storage))
         else:
             self.windows = MemoryWindows()
         self.local = MemoryWindows()
 
-    def check(self, action: Action, account_id: str, cluster_id: str | None, api_key_id: str | None) -> LimitHit | None:
+    def check(
+        self, action: Action, account_id: str, cluster_id: str | None, api_key_id: str | None
+    ) -> LimitHit | None:
         """Consume one unit from each applicable budget; the first refusal is returned (None: admitted)."""
         item = self._by_action.get(action)
         hit = self.windows.hit

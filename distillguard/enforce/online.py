@@ -131,7 +131,11 @@ class BatchContentSignals:
     """
 
     def __init__(
-        self, config: Mapping[str, Any], intel: pa.Table | None = None, capability_model: bool = True, carry_over: bool = False
+        self,
+        config: Mapping[str, Any],
+        intel: pa.Table | None = None,
+        capability_model: bool = True,
+        carry_over: bool = False,
     ) -> None:
         from distillguard.signals.exchange import PromptSignals, content_scores, template_params
         from distillguard.signals.network import AddressContext
@@ -158,10 +162,25 @@ class BatchContentSignals:
 
         if self.model is not None:
             sig = exchange_signals(
-                table, model=self.model, index=self.index, intel=self.intel, prompts=self.prompts, addresses=self.addresses
+                table,
+                model=self.model,
+                index=self.index,
+                intel=self.intel,
+                prompts=self.prompts,
+                addresses=self.addresses,
             )
             frame = pl.from_arrow(
-                sig.select(["reasoning_elicitation", "grader_use", "capability", "template_id", "ip_prefix", "network_kind", "asn"])
+                sig.select(
+                    [
+                        "reasoning_elicitation",
+                        "grader_use",
+                        "capability",
+                        "template_id",
+                        "ip_prefix",
+                        "network_kind",
+                        "asn",
+                    ]
+                )
             )
             assert isinstance(frame, pl.DataFrame)
             return frame.rename({"reasoning_elicitation": "reasoning", "grader_use": "grader"})
@@ -175,7 +194,9 @@ class BatchContentSignals:
                 "reasoning": content["reasoning_elicitation"],
                 "grader": content["grader_use"],
                 "capability": pl.Series([None] * t.num_rows, dtype=pl.String),
-                "template_id": pl.Series(np.where(valid, tid, 0), dtype=pl.UInt64).set(pl.Series(~valid), None),
+                "template_id": pl.Series(np.where(valid, tid, 0), dtype=pl.UInt64).set(
+                    pl.Series(~valid), None
+                ),
                 "ip_prefix": pl.Series(net.column("ip_prefix").to_pylist(), dtype=pl.String),
                 "network_kind": pl.Series(net.column("network_kind").to_pylist(), dtype=pl.String),
                 "asn": pl.Series(net.column("asn").to_pylist(), dtype=pl.Int64),
@@ -186,18 +207,37 @@ class BatchContentSignals:
 # --------------------------------------------------------------------------- scoring
 
 _SPECS: tuple[SignalSpec, ...] = (
-    *(SignalSpec(f"online.{n}", f"online.{n}@{ONLINE_VERSION}", False, False) for n in BEHAVIOUR_FEATURES),
+    *(
+        SignalSpec(f"online.{n}", f"online.{n}@{ONLINE_VERSION}", False, False)
+        for n in BEHAVIOUR_FEATURES
+    ),
     # Only a shared payment instrument counts as cluster evidence (what lets the policy suspend);
     # shared prefixes, templates and user agents are infrastructure that benign customers share too.
-    *(SignalSpec(f"online.shared_{k}", f"online.shared_{k}@{ONLINE_VERSION}", False, k == "payment") for k in SHARING_KINDS),
-    SignalSpec("online.known_campaign_member", f"online.known_campaign@{ONLINE_VERSION}", False, True),
-    SignalSpec("online.known_campaign_link", f"online.known_campaign@{ONLINE_VERSION}", False, True),
+    *(
+        SignalSpec(
+            f"online.shared_{k}", f"online.shared_{k}@{ONLINE_VERSION}", False, k == "payment"
+        )
+        for k in SHARING_KINDS
+    ),
+    SignalSpec(
+        "online.known_campaign_member", f"online.known_campaign@{ONLINE_VERSION}", False, True
+    ),
+    SignalSpec(
+        "online.known_campaign_link", f"online.known_campaign@{ONLINE_VERSION}", False, True
+    ),
     # A card a contained account paid with is cluster evidence; an address or template it used is not.
-    *(SignalSpec(f"online.flagged_{k}", f"online.propagation@{ONLINE_VERSION}", False, k == "payment") for k in PROPAGATION_KINDS),
+    *(
+        SignalSpec(
+            f"online.flagged_{k}", f"online.propagation@{ONLINE_VERSION}", False, k == "payment"
+        )
+        for k in PROPAGATION_KINDS
+    ),
     # Per-account counts without warm-up (``enforce.online.exit_networks`` / ``reasoning_hits``).
     SignalSpec("online.exit_networks", f"online.exit_networks@{ONLINE_VERSION}", False, False),
     SignalSpec("online.reasoning_hits", f"online.reasoning_hits@{ONLINE_VERSION}", False, False),
-    SignalSpec("online.peer_indicator", f"online.peer_indicator@{ONLINE_VERSION}", False, False),  # share/: never cluster
+    SignalSpec(
+        "online.peer_indicator", f"online.peer_indicator@{ONLINE_VERSION}", False, False
+    ),  # share/: never cluster
 )
 FEATURES: tuple[str, ...] = (
     *BEHAVIOUR_FEATURES,
@@ -218,7 +258,9 @@ _TAINT_PREFIX = {"payment": "flg:pay:", "ip": "flg:ipa:", "template": "flg:tpl:"
 def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
     """Per-feature (kind, weight, offset, scale, max_k) arrays so scoring is one pass over the matrix."""
     n = len(FEATURES)
-    kind = np.zeros(n, dtype=np.int8)  # 0 behaviour, 1 sharing, 2 pass-through, 3 capped pass-through
+    kind = np.zeros(
+        n, dtype=np.int8
+    )  # 0 behaviour, 1 sharing, 2 pass-through, 3 capped pass-through
     weight, offset, scale, max_k = np.zeros(n), np.zeros(n), np.ones(n), np.full(n, np.inf)
     for j, name in enumerate(BEHAVIOUR_FEATURES):
         b = settings.behaviour.get(name)
@@ -229,7 +271,12 @@ def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
         sh = settings.sharing.get(k)
         kind[off + j] = 1
         if sh is not None:
-            weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = sh.weight, sh.k0, sh.cap, sh.max_k
+            weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = (
+                sh.weight,
+                sh.k0,
+                sh.cap,
+                sh.max_k,
+            )
     kind[off + len(SHARING_KINDS)] = 2
     kind[off + len(SHARING_KINDS) + 1] = 3
     off += len(SHARING_KINDS) + 2
@@ -241,7 +288,12 @@ def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
             kind[off + j] = 0
             weight[off + j], offset[off + j], scale[off + j] = pr.weight, pr.x0, pr.x1 - pr.x0
         elif pr is not None:
-            weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = pr.weight, pr.k0, pr.cap, pr.max_k
+            weight[off + j], offset[off + j], scale[off + j], max_k[off + j] = (
+                pr.weight,
+                pr.k0,
+                pr.cap,
+                pr.max_k,
+            )
     for name in ("exit_networks", "reasoning_hits"):
         cnt = settings.exit_networks if name == "exit_networks" else settings.reasoning_hits
         j = FEATURES.index(name)
@@ -251,7 +303,9 @@ def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
     return kind, weight, offset, scale, max_k
 
 
-def score_rows(values: np.ndarray, settings: EnforceSettings, coef: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+def score_rows(
+    values: np.ndarray, settings: EnforceSettings, coef: tuple[np.ndarray, ...] | None = None
+) -> np.ndarray:
     """Contribution matrix (rows x :data:`FEATURES`) from raw feature values (NaN = abstain).
 
     Behaviour: ``weight * clip((x - x0) / (1 - x0), 0, 1)``; sharing: ``weight * clip(k - k0, 0,
@@ -262,7 +316,9 @@ def score_rows(values: np.ndarray, settings: EnforceSettings, coef: tuple[np.nda
     v = np.nan_to_num(values, nan=0.0)
     graded = weight * np.clip((v - offset) / scale, 0.0, 1.0)
     graded = np.where(v > max_k, 0.0, graded)
-    out: np.ndarray = np.where(kind == 2, v, np.where(kind == 3, np.minimum(v, settings.member_weight), graded))
+    out: np.ndarray = np.where(
+        kind == 2, v, np.where(kind == 3, np.minimum(v, settings.member_weight), graded)
+    )
     ip_link = settings.propagation.get("ip")
     if ip_link is not None and ip_link.supersedes_shared_ip:
         _one_address(out)
@@ -276,7 +332,9 @@ def _one_address(contrib: np.ndarray) -> None:
     (``shared_ip + flagged_ip`` becomes ``max(shared_ip, flagged_ip)``).
     """
     flagged, shared = contrib[:, _FLAGGED_IP], contrib[:, _SHARED_IP]
-    contrib[:, _SHARED_IP] = np.where(flagged > 0.0, np.where(shared > flagged, shared - flagged, 0.0), shared)
+    contrib[:, _SHARED_IP] = np.where(
+        flagged > 0.0, np.where(shared > flagged, shared - flagged, 0.0), shared
+    )
 
 
 #: Sketch-group prefix -> index of its sharing kind in SHARING_KINDS (0: not a sharing group).
@@ -357,13 +415,19 @@ class Enforcer:
         self.bias = float(online["bias"])
         self.min_reason = float(config["scoring"]["min_reason_contribution"])
         self.max_reasons = int(config["scoring"]["max_reasons"])
-        self.backend: StateBackend = backend or MemoryState(s.max_accounts, s.max_sketch_keys, s.hll_precision)
+        self.backend: StateBackend = backend or MemoryState(
+            s.max_accounts, s.max_sketch_keys, s.hll_precision
+        )
         self.local = MemoryState(s.max_accounts, s.max_sketch_keys, s.hll_precision)
         self.limiter = limiter
         self.content = content
-        self.campaigns = campaigns or CampaignWatcher(s.campaigns_dir, s.min_key_weight, s.campaigns_reload_seconds)
+        self.campaigns = campaigns or CampaignWatcher(
+            s.campaigns_dir, s.min_key_weight, s.campaigns_reload_seconds
+        )
         self.metrics = Metrics()
-        self.peer = PeerIndicatorMatcher.from_config(config)  # None unless share.indicators.store is set
+        self.peer = PeerIndicatorMatcher.from_config(
+            config
+        )  # None unless share.indicators.store is set
         self._down_until = 0.0
         self._lock = threading.Lock()
         self.lpm = ScalarNetwork(intel)
@@ -377,14 +441,20 @@ class Enforcer:
         # Propagation kinds with a weight: only those keep taint sketches.
         self._taint = {k: _TAINT_PREFIX[k] for k, pr in s.propagation.items() if pr.weight != 0.0}
         icfg = s.sharing.get("ip")
-        self._ip_ms = max(icfg.window_minutes, 1.0) * 60_000 if icfg is not None and icfg.weight != 0.0 else 0.0
+        self._ip_ms = (
+            max(icfg.window_minutes, 1.0) * 60_000
+            if icfg is not None and icfg.weight != 0.0
+            else 0.0
+        )
         # A sharing kind with weight 0 can never contribute or be a reason: its sketch is not kept.
         ucfg = s.sharing.get("user_agent")
         self._track_ua = ucfg is not None and ucfg.weight != 0.0
         pcfg = s.sharing.get("prefix")
         self._prefix_ms = max(pcfg.window_minutes, 1.0) * 60_000 if pcfg is not None else 0.0
         # Exit networks per account and window (a sketch kept only with a weight).
-        self._net_ms = s.exit_networks.window_minutes * 60_000 if s.exit_networks.weight != 0.0 else 0.0
+        self._net_ms = (
+            s.exit_networks.window_minutes * 60_000 if s.exit_networks.weight != 0.0 else 0.0
+        )
         self._net_kinds = s.exit_networks.kinds
         # Contained accounts an address of a kind needs before it links (shared infrastructure: more than one).
         ip_link = s.propagation.get("ip")
@@ -401,7 +471,11 @@ class Enforcer:
         self._eu_min = v.platform_min_end_users
         # Abstaining slots by vouching level: 0 not vouched, 1 vouched, 2 vouched and on a shared-infrastructure address.
         base = [FEATURES.index(f) for f in sorted(v.abstain - ADDRESS_SIGNALS)]
-        self._vouch_slots: tuple[list[int], ...] = ([], base, base + [FEATURES.index(f) for f in sorted(v.abstain & ADDRESS_SIGNALS)])
+        self._vouch_slots: tuple[list[int], ...] = (
+            [],
+            base,
+            base + [FEATURES.index(f) for f in sorted(v.abstain & ADDRESS_SIGNALS)],
+        )
         self._infra_kinds = v.infrastructure_kinds
         # The embedded backend is updated in place (no copy per exchange), under self._lock.
         self._live = self.backend.observe_live if isinstance(self.backend, MemoryState) else None
@@ -425,7 +499,11 @@ class Enforcer:
         self._down_until = time.monotonic() + self.settings.redis_retry_seconds
 
     def _observe(
-        self, account: str, ts_ms: int, counters: Mapping[str, float], distinct: Sequence[tuple[str, str]],
+        self,
+        account: str,
+        ts_ms: int,
+        counters: Mapping[str, float],
+        distinct: Sequence[tuple[str, str]],
         exit_: tuple[str, int] | None = None,
     ) -> tuple[AccountView, dict[str, int], bool]:
         """Fold into the shared backend; on failure into the local one. Returns (view, sketch counts, degraded).
@@ -452,7 +530,9 @@ class Enforcer:
             note_exit(view, exit_[1], exit_[0], self._retro, rank)
         return view, counts, True
 
-    def _take_exits(self, account: str, view: AccountView, bucket: int, degraded: bool) -> list[str]:
+    def _take_exits(
+        self, account: str, view: AccountView, bucket: int, degraded: bool
+    ) -> list[str]:
         """The exits the account remembered in this window (and forgets them): memory on the view, Redis in the store."""
         take = getattr(self.backend, "take_exits", None)
         if self._live is not None or degraded or take is None:
@@ -467,7 +547,11 @@ class Enforcer:
     # -- building observations ----------------------------------------------------------
 
     def _observation(
-        self, row: Mapping[str, Any], meta: AccountMeta | None, sig: Mapping[str, Any] | None, ts_ms: int
+        self,
+        row: Mapping[str, Any],
+        meta: AccountMeta | None,
+        sig: Mapping[str, Any] | None,
+        ts_ms: int,
     ) -> tuple[str, dict[str, float], list[tuple[str, str]], dict[str, str | None], list[str]]:
         """``(account, counter increments, sketch memberships, link keys, taint groups)`` of one exchange.
 
@@ -540,7 +624,9 @@ class Enforcer:
         if meta is not None and meta.payment_fingerprint:
             keys["payment"] = meta.payment_fingerprint
             distinct.append((f"pay:{meta.payment_fingerprint}", account))
-            distinct.append((f"paydom:{meta.payment_fingerprint}", meta.email_domain or f"?{account}"))
+            distinct.append(
+                (f"paydom:{meta.payment_fingerprint}", meta.email_domain or f"?{account}")
+            )
             if "payment" in prop:
                 taint.append(prop["payment"] + meta.payment_fingerprint)
         end_user = row.get("end_user_id")
@@ -549,7 +635,13 @@ class Enforcer:
         distinct.extend((g, COUNT_ONLY) for g in taint)
         return account, counters, distinct, keys, taint
 
-    def _vouched(self, account: str, meta: AccountMeta | None, counts: Mapping[str, int], sig: Mapping[str, Any] | None) -> int:
+    def _vouched(
+        self,
+        account: str,
+        meta: AccountMeta | None,
+        counts: Mapping[str, int],
+        sig: Mapping[str, Any] | None,
+    ) -> int:
         """Vouching level: 0 not vouched; 1 identity-verified (``vouched.verification``) or serving
         ``platform_min_end_users`` distinct end users so far; 2 that, on an ``infrastructure_kinds`` address."""
         if not (meta is not None and meta.verification in self._vouch_verifications) and not (
@@ -559,7 +651,11 @@ class Enforcer:
         return 2 if sig is not None and sig.get("network_kind") in self._infra_kinds else 1
 
     def _features(
-        self, view: AccountView, counts: Mapping[str, int], keys: Mapping[str, str | None], known: KnownCampaigns,
+        self,
+        view: AccountView,
+        counts: Mapping[str, int],
+        keys: Mapping[str, str | None],
+        known: KnownCampaigns,
         vouched: int = 0,
     ) -> tuple[list[float], str | None, dict[str, Any]]:
         """Feature values (aligned with :data:`FEATURES`, NaN = abstain), cluster id and evidence.
@@ -588,7 +684,9 @@ class Enforcer:
             vals[_EXIT_NETWORKS] = float(counts.get(net, 0))
         if cn > 0:
             hits = c.get("reasoning_hits", 0.0)
-            vals[_REASONING_HITS] = hits if hits >= self.settings.reasoning_hits.min_share * cn else 0.0
+            vals[_REASONING_HITS] = (
+                hits if hits >= self.settings.reasoning_hits.min_share * cn else 0.0
+            )
         off = _N_BEHAVIOUR
         pay = keys.get("payment")
         if pay:
@@ -602,7 +700,9 @@ class Enforcer:
             j = _GROUP_SLOT.get(group[:4], 0)
             if j:
                 prev = vals[off + j]
-                vals[off + j] = float(count) if prev != prev or count > prev else prev  # prev != prev: NaN
+                vals[off + j] = (
+                    float(count) if prev != prev or count > prev else prev
+                )  # prev != prev: NaN
             elif group[:4] == "flg:" and count and uncontained:
                 t = _TAINT_SLOT[group[4:8]]
                 if t == _TAINT_IP:
@@ -613,7 +713,10 @@ class Enforcer:
                     vals[taint_at + t] = count / max(on_key, count)
                 else:
                     vals[taint_at + t] = float(count)
-                evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {"key": group[group.index(":", 4) + 1 :], "contained_accounts": count}
+                evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {
+                    "key": group[group.index(":", 4) + 1 :],
+                    "contained_accounts": count,
+                }
         for j in self._vouch_slots[vouched]:
             vals[j] = nan
         cluster_id = view.cluster_id
@@ -622,7 +725,12 @@ class Enforcer:
         return vals, cluster_id, evidence
 
     def _known(
-        self, account: str, keys: Mapping[str, str | None], known: KnownCampaigns, vals: list[float], evidence: dict[str, Any]
+        self,
+        account: str,
+        keys: Mapping[str, str | None],
+        known: KnownCampaigns,
+        vals: list[float],
+        evidence: dict[str, Any],
     ) -> tuple[str | None, str | None]:
         """Known-campaign membership and links into ``vals`` / ``evidence``: (member's campaign, first link's campaign)."""
         off = _N_BEHAVIOUR + len(SHARING_KINDS)
@@ -630,7 +738,9 @@ class Enforcer:
         member = known.members.get(account)
         if member is not None:
             member_cid = member[0]
-            vals[off] = self.settings.member_weight * (1.0 if member[1] >= Action.THROTTLE.rank else 0.5)
+            vals[off] = self.settings.member_weight * (
+                1.0 if member[1] >= Action.THROTTLE.rank else 0.5
+            )
             evidence["known_member"] = {"campaign": member[0], "source": known.source}
         links = known.link(keys)
         if links:
@@ -638,7 +748,10 @@ class Enforcer:
             vals[off + 1] = sum(self.settings.link_weights.get(k, 0.0) for k in by_kind)
             link_cid = links[0][2]
             evidence["known_link"] = {
-                "links": [{"kind": k, "key": key, "campaign": cid} for k, (key, cid) in sorted(by_kind.items())],
+                "links": [
+                    {"kind": k, "key": key, "campaign": cid}
+                    for k, (key, cid) in sorted(by_kind.items())
+                ],
                 "source": known.source,
             }
         return member_cid, link_cid
@@ -727,12 +840,16 @@ class Enforcer:
         cluster_total = 0.0
         for j in self._cluster:
             cluster_total += contrib[j]
-        ok = non_volume and (not p.suspend_requires_cluster or cluster_total >= p.min_cluster_contribution)
+        ok = non_volume and (
+            not p.suspend_requires_cluster or cluster_total >= p.min_cluster_contribution
+        )
         if not ok and rank > Action.CHALLENGE.rank:
             rank = Action.CHALLENGE.rank
         return rank
 
-    def _reasons(self, values: list[float], contrib: list[float], evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _reasons(
+        self, values: list[float], contrib: list[float], evidence: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
         order = sorted(range(len(contrib)), key=lambda j: -contrib[j])
         out = []
         for j in order[: self.max_reasons]:
@@ -741,35 +858,57 @@ class Enforcer:
             spec = _SPECS[j]
             name = FEATURES[j]
             v = values[j]
-            detail: dict[str, Any] = {"detector": spec.detector, "contribution": round(float(contrib[j]), 4)}
+            detail: dict[str, Any] = {
+                "detector": spec.detector,
+                "contribution": round(float(contrib[j]), 4),
+            }
             if name in self.settings.behaviour:
                 detail["reference"] = {"x0": self.settings.behaviour[name].x0}
             elif name.startswith("shared_"):
                 sh = self.settings.sharing[name.removeprefix("shared_")]
-                detail["reference"] = {"k0": sh.k0, "max_k": sh.max_k, "unit": "distinct accounts on the key"}
+                detail["reference"] = {
+                    "k0": sh.k0,
+                    "max_k": sh.max_k,
+                    "unit": "distinct accounts on the key",
+                }
             elif name == "exit_networks":
                 net = self.settings.exit_networks
                 detail["reference"] = {
-                    "k0": net.k0, "cap": net.cap, "window_minutes": net.window_minutes,
+                    "k0": net.k0,
+                    "cap": net.cap,
+                    "window_minutes": net.window_minutes,
                     "unit": f"distinct {'/'.join(sorted(net.kinds))} networks the account sent from",
                 }
             elif name == "reasoning_hits":
                 hits = self.settings.reasoning_hits
                 detail["reference"] = {
-                    "k0": hits.k0, "cap": hits.cap, "threshold": hits.threshold, "min_share": hits.min_share,
+                    "k0": hits.k0,
+                    "cap": hits.cap,
+                    "threshold": hits.threshold,
+                    "min_share": hits.min_share,
                     "unit": "exchanges eliciting step-by-step reasoning",
                 }
             elif name.startswith("flagged_"):
                 pr = self.settings.propagation[name.removeprefix("flagged_")]
                 detail["reference"] = (
-                    {"x0": pr.x0, "x1": pr.x1, "unit": "share of the address's accounts today that are contained"}
+                    {
+                        "x0": pr.x0,
+                        "x1": pr.x1,
+                        "unit": "share of the address's accounts today that are contained",
+                    }
                     if name == "flagged_ip"
                     else {"k0": pr.k0, "unit": "contained accounts on the key"}
                 )
             extra = evidence.get(name)
             if extra:
                 detail.update(extra)
-            out.append({"signal": spec.name, "value": None if math.isnan(v) else round(float(v), 6), "detail": detail})
+            out.append(
+                {
+                    "signal": spec.name,
+                    "value": None if math.isnan(v) else round(float(v), 6),
+                    "detail": detail,
+                }
+            )
         return out
 
     def process(
@@ -797,7 +936,12 @@ class Enforcer:
             )
         sig_rows = signals.to_dicts() if isinstance(signals, pl.DataFrame) else signals
         known = self.campaigns.maybe_reload()
-        observation, observe, features, score_one = self._observation, self._observe, self._features, self._score_one
+        observation, observe, features, score_one = (
+            self._observation,
+            self._observe,
+            self._features,
+            self._score_one,
+        )
         sticky = self.settings.sticky_actions
         taint_rank = self.settings.propagation_rank
         retro, retro_ms = self._retro, self._retro_ms
@@ -816,13 +960,23 @@ class Enforcer:
                 account, counters, distinct, keys, taint = observation(row, meta, sig, ts_ms)
                 tip = keys.get("tip") if retro else None
                 bucket = int(ts_ms // retro_ms)
-                view, counts, deg = observe(account, ts_ms, counters, distinct, (tip, bucket) if tip else None)
+                view, counts, deg = observe(
+                    account, ts_ms, counters, distinct, (tip, bucket) if tip else None
+                )
                 n_degraded += deg
                 # Read before _set_action: on the memory backend the view is the stored object.
-                before, stored_cluster, stored_reasons = view.action_rank, view.cluster_id, view.reasons
-                vals, cluster_id, evidence = features(view, counts, keys, known, self._vouched(account, meta, counts, sig))
+                before, stored_cluster, stored_reasons = (
+                    view.action_rank,
+                    view.cluster_id,
+                    view.reasons,
+                )
+                vals, cluster_id, evidence = features(
+                    view, counts, keys, known, self._vouched(account, meta, counts, sig)
+                )
                 if self.peer is not None:
-                    vals[-1] = self.peer.contribution(account, keys, ts_ms, view.counters.get("n", 1.0), evidence)
+                    vals[-1] = self.peer.contribution(
+                        account, keys, ts_ms, view.counters.get("n", 1.0), evidence
+                    )
                 if before == top and fast:
                     # Already at the top action: no score can change it, and replay needs no answer.
                     rank, score, contrib = before, 1.0, _NO_CONTRIB
@@ -855,9 +1009,16 @@ class Enforcer:
                 if changed or not changes_only:
                     out.append(
                         Decision(
-                            str(row.get("request_id") or ""), account, ts_ms, action, score,
-                            cluster_id, tuple(reasons), hit.retry_after if hit else None,
-                            hit.scope if hit else None, changed,
+                            str(row.get("request_id") or ""),
+                            account,
+                            ts_ms,
+                            action,
+                            score,
+                            cluster_id,
+                            tuple(reasons),
+                            hit.retry_after if hit else None,
+                            hit.scope if hit else None,
+                            changed,
                         )
                     )
             self._count_decisions(final, len(rows))
@@ -909,14 +1070,21 @@ class Enforcer:
             pending = refs.height if refs is not None else 0
             if backend.size()["sketches"] + part.n_memberships + pending > backend.max_sketch_keys:
                 taint_refs = part.taint_refs()
-                evicted, undecided = backend.plan_evictions(adds, pl.concat([taint_refs, refs]) if pending and refs is not None else taint_refs)
+                evicted, undecided = backend.plan_evictions(
+                    adds,
+                    pl.concat([taint_refs, refs]) if pending and refs is not None else taint_refs,
+                )
             stop = part.n if undecided is None else undecided // TOUCH_SLOTS
             if stop > 0:
                 # Up to the first exchange whose sketches' fate depends on decisions still to take.
                 piece = part if stop == part.n else part.slice(0, stop)
                 with self._lock:
-                    backend.drop(evicted)  # evicted before their first use: they come back empty then
-                    out += self._replay_decide(backend, piece, adds if piece is part else additions(piece.fold))
+                    backend.drop(
+                        evicted
+                    )  # evicted before their first use: they come back empty then
+                    out += self._replay_decide(
+                        backend, piece, adds if piece is part else additions(piece.fold)
+                    )
                 lo += stop
                 continue
             # That exchange's fate is undecided even at its own start: a few one by one, then again.
@@ -936,13 +1104,25 @@ class Enforcer:
             for g in backend.pending_exits(a):
                 groups.append(g)
                 keys.append(i * TOUCH_SLOTS + len(_MEMBERSHIPS))
-        return pl.DataFrame({"group": groups, "key": keys}, schema={"group": pl.String, "key": pl.Int64})
+        return pl.DataFrame(
+            {"group": groups, "key": keys}, schema={"group": pl.String, "key": pl.Int64}
+        )
 
-    def _replay_rows(self, table: pa.Table, signals: pl.DataFrame | None, metas: Mapping[str, AccountMeta]) -> list[Decision]:
+    def _replay_rows(
+        self, table: pa.Table, signals: pl.DataFrame | None, metas: Mapping[str, AccountMeta]
+    ) -> list[Decision]:
         rows = exchange_rows(table)
-        return self.process(rows, [metas.get(r["account_id"]) for r in rows], signals, limits=False, changes_only=True)
+        return self.process(
+            rows,
+            [metas.get(r["account_id"]) for r in rows],
+            signals,
+            limits=False,
+            changes_only=True,
+        )
 
-    def _replay_decide(self, backend: MemoryState, cols: _ReplayColumns, adds: pl.DataFrame) -> list[Decision]:
+    def _replay_decide(
+        self, backend: MemoryState, cols: _ReplayColumns, adds: pl.DataFrame
+    ) -> list[Decision]:
         """Both passes of :meth:`replay_batch` (under the lock), sketch evictions deferred."""
         s = self.settings
         n = cols.n
@@ -966,7 +1146,14 @@ class Enforcer:
         peek = backend.peek
         ip_floor = cols.ip_floor
         # Taint kinds each vouching level does not read.
-        vouch_taint = [{PROPAGATION_KINDS.index(FEATURES[j][8:]) for j in slots if FEATURES[j].startswith("flagged_")} for slots in self._vouch_slots]
+        vouch_taint = [
+            {
+                PROPAGATION_KINDS.index(FEATURES[j][8:])
+                for j in slots
+                if FEATURES[j].startswith("flagged_")
+            }
+            for slots in self._vouch_slots
+        ]
         # Taint keys that exist: most exchanges' keys carry no taint, and a set lookup is cheaper than a peek.
         live = backend.present({g for _, groups in taint_cols for g in groups if g is not None})
         final = [0] * len(ACTIONS_BY_RANK)
@@ -977,13 +1164,27 @@ class Enforcer:
         for i in range(n):
             view = views[i]
             if tips is not None and (tip := tips[i]) is not None:
-                note_exit(view, retro_b[i], tip, retro, prop_rank)  # as Enforcer._observe, before the decision
+                note_exit(
+                    view, retro_b[i], tip, retro, prop_rank
+                )  # as Enforcer._observe, before the decision
             before = view.action_rank
             if before == top and sticky:
                 # Already at the top action: no score can change it, and replay needs no answer.
                 final[top] += 1
                 if taint_cols and top >= prop_rank:
-                    self._replay_spread(backend, i, view, None, values, rank_list, False, taint_cols, touches, live, retro_b[i] if retro else 0)
+                    self._replay_spread(
+                        backend,
+                        i,
+                        view,
+                        None,
+                        values,
+                        rank_list,
+                        False,
+                        taint_cols,
+                        touches,
+                        live,
+                        retro_b[i] if retro else 0,
+                    )
                 continue
             vals: list[float] | None = None
             evidence: dict[str, Any] = extra[i] if extra is not None else {}
@@ -1006,7 +1207,10 @@ class Enforcer:
                         vals[taint_at + t] = count / max(sip_counts[i], count)
                     else:
                         vals[taint_at + t] = float(count)
-                    evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {"key": group[group.index(":", 4) + 1 :], "contained_accounts": count}
+                    evidence[f"flagged_{PROPAGATION_KINDS[t]}"] = {
+                        "key": group[group.index(":", 4) + 1 :],
+                        "contained_accounts": count,
+                    }
             row_contrib: list[float] | None = None
             if vals is not None or not vectorised:
                 if vals is None:
@@ -1029,18 +1233,46 @@ class Enforcer:
                     cluster_id = _cluster(view.cluster_id, cols.member_cid[i], cols.link_cid[i])
                     # What _set_action does, on the view current at this exchange (memory backend).
                     self.local.set_action(accounts[i], rank, cluster_id, reasons)
-                    view.action_rank, view.cluster_id, view.reasons = rank, cluster_id, list(reasons)
+                    view.action_rank, view.cluster_id, view.reasons = (
+                        rank,
+                        cluster_id,
+                        list(reasons),
+                    )
                     decision = Decision(
                         cols.request_id(i), accounts[i], ts_list[i], ACTIONS_BY_RANK[rank], score,
                         cluster_id, tuple(reasons), None, None, True,
                     )  # fmt: skip
                     out.append(decision)
                     if taint_cols and rank >= prop_rank:
-                        self._replay_spread(backend, i, view, vals, values, rank_list, True, taint_cols, touches, live, retro_b[i] if retro else 0)
+                        self._replay_spread(
+                            backend,
+                            i,
+                            view,
+                            vals,
+                            values,
+                            rank_list,
+                            True,
+                            taint_cols,
+                            touches,
+                            live,
+                            retro_b[i] if retro else 0,
+                        )
                     final[rank] += 1
                     continue
             if taint_cols and rank >= prop_rank:
-                self._replay_spread(backend, i, view, vals, values, rank_list, False, taint_cols, touches, live, retro_b[i] if retro else 0)
+                self._replay_spread(
+                    backend,
+                    i,
+                    view,
+                    vals,
+                    values,
+                    rank_list,
+                    False,
+                    taint_cols,
+                    touches,
+                    live,
+                    retro_b[i] if retro else 0,
+                )
             final[rank] += 1
         backend.settle(_touch_order(folded.touched, touches))
         self._count_decisions(final, n)
@@ -1078,7 +1310,9 @@ class Enforcer:
             # Without taint read, the row's values are the base row, whose link slots are already
             # empty: its own-evidence rank is the vectorised one.
             own_rank = rank_list[i] if vals is None and rank_list is not None else None
-            linked_only, inc = self._linked_only(view, vals if vals is not None else values[i].tolist(), changed, own_rank)
+            linked_only, inc = self._linked_only(
+                view, vals if vals is not None else values[i].tolist(), changed, own_rank
+            )
             if inc:
                 apply_counters(view.counters, inc)
         account = view.account_id
@@ -1099,7 +1333,11 @@ class Enforcer:
         return out
 
     def _base_features(
-        self, cols: _ReplayColumns, folded: Folded, known: KnownCampaigns, vouched: list[int] | None = None
+        self,
+        cols: _ReplayColumns,
+        folded: Folded,
+        known: KnownCampaigns,
+        vouched: list[int] | None = None,
     ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
         """Feature matrix of a folded batch without the taint columns (NaN = abstain), and per-row evidence (known campaigns, peers)."""
         n = cols.n
@@ -1110,14 +1348,22 @@ class Enforcer:
         warm = cnt >= warmup
         cwarm = warm & (content >= warmup)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for j, num in ((0, reasoning), (1, grader), (2, cap_top), (3, tpl_top), (5, cap_target)):
+            for j, num in (
+                (0, reasoning),
+                (1, grader),
+                (2, cap_top),
+                (3, tpl_top),
+                (5, cap_target),
+            ):
                 values[:, j] = np.where(cwarm & (content > 0), num / content, nan)
             ip_count = folded.counts[:, 0].astype(np.float64)
             values[:, 4] = np.where(warm & (cnt > 0), ip_count / cnt, nan)
             # What _features does per row: the count where the exchange added to the account's sketch,
             # and the hits while they are at least min_share of its content exchanges.
             share = self.settings.reasoning_hits.min_share
-            values[:, _REASONING_HITS] = np.where(content > 0, np.where(hits >= share * content, hits, 0.0), nan)
+            values[:, _REASONING_HITS] = np.where(
+                content > 0, np.where(hits >= share * content, hits, 0.0), nan
+            )
         counts = folded.counts.astype(np.float64).T
         present = cols.present
         values[:, _EXIT_NETWORKS] = np.where(present[_NET_COLUMN], counts[_NET_COLUMN], nan)
@@ -1140,9 +1386,13 @@ class Enforcer:
                 keys = cols.keys_of(i)
                 vals = [nan] * len(FEATURES)
                 if known.members or known.indicators:
-                    cols.member_cid[i], cols.link_cid[i] = self._known(accounts[i], keys, known, vals, extra[i])
+                    cols.member_cid[i], cols.link_cid[i] = self._known(
+                        accounts[i], keys, known, vals, extra[i]
+                    )
                 if self.peer is not None:
-                    vals[-1] = self.peer.contribution(accounts[i], keys, cols.ts_ms[i], n_list[i], extra[i])
+                    vals[-1] = self.peer.contribution(
+                        accounts[i], keys, cols.ts_ms[i], n_list[i], extra[i]
+                    )
                 values[i, _KNOWN_MEMBER] = vals[_KNOWN_MEMBER]
                 values[i, _KNOWN_MEMBER + 1] = vals[_KNOWN_MEMBER + 1]
                 values[i, -1] = vals[-1]
@@ -1157,9 +1407,13 @@ class Enforcer:
         x = np.where(np.isnan(values), 0.0, values)
         with np.errstate(divide="ignore", invalid="ignore"):
             g = (x - offset) / scale
-        graded = np.where(x > max_k, 0.0, weight * np.where(g < 0.0, 0.0, np.where(g > 1.0, 1.0, g)))
+        graded = np.where(
+            x > max_k, 0.0, weight * np.where(g < 0.0, 0.0, np.where(g > 1.0, 1.0, g))
+        )
         mw = self.settings.member_weight
-        contrib: np.ndarray = np.where(kind == 2, x, np.where(kind == 3, np.where(mw < x, mw, x), graded))
+        contrib: np.ndarray = np.where(
+            kind == 2, x, np.where(kind == 3, np.where(mw < x, mw, x), graded)
+        )
         if self._one_addr:
             _one_address(contrib)
         logit = np.full(values.shape[0], self.bias)
@@ -1179,13 +1433,24 @@ class Enforcer:
         cluster_total = np.zeros(score.shape[0])
         for j in self._cluster:
             cluster_total += contrib[:, j]
-        ok = non_volume & (cluster_total >= p.min_cluster_contribution) if p.suspend_requires_cluster else non_volume
+        ok = (
+            non_volume & (cluster_total >= p.min_cluster_contribution)
+            if p.suspend_requires_cluster
+            else non_volume
+        )
         rank = np.where(~ok & (rank > challenge), challenge, rank)
         return rank, contrib, scores
 
     def _spread(
-        self, account: str, ts_ms: int, view: AccountView, vals: list[float], changed: bool, taint: list[str],
-        bucket: int = 0, degraded: bool = False,
+        self,
+        account: str,
+        ts_ms: int,
+        view: AccountView,
+        vals: list[float],
+        changed: bool,
+        taint: list[str],
+        bucket: int = 0,
+        degraded: bool = False,
     ) -> None:
         """A contained account's keys carry its taint from the next request on (any account).
 
@@ -1199,7 +1464,9 @@ class Enforcer:
         linked_only, inc = self._linked_only(view, vals, changed)
         if not linked_only:
             if self._retro:
-                taint = taint + [g for g in self._take_exits(account, view, bucket, degraded) if g not in taint]
+                taint = taint + [
+                    g for g in self._take_exits(account, view, bucket, degraded) if g not in taint
+                ]
             self._observe(account, ts_ms, inc, [(g, account) for g in taint])
         elif inc:
             self._observe(account, ts_ms, inc, ())
@@ -1226,7 +1493,14 @@ class Enforcer:
                 inc["taint_linked_only"], linked_only = -1.0, False
         return linked_only, inc
 
-    def _set_action(self, account: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]], degraded: bool) -> None:
+    def _set_action(
+        self,
+        account: str,
+        rank: int,
+        cluster_id: str | None,
+        reasons: list[dict[str, Any]],
+        degraded: bool,
+    ) -> None:
         self.local.set_action(account, rank, cluster_id, reasons)
         if degraded:
             return
@@ -1235,21 +1509,34 @@ class Enforcer:
         except StateUnavailable:
             self._mark_down()
 
-    def _limit(self, action: Action, account: str, cluster_id: str | None, api_key: Any, degraded: bool) -> LimitHit | None:
+    def _limit(
+        self, action: Action, account: str, cluster_id: str | None, api_key: Any, degraded: bool
+    ) -> LimitHit | None:
         assert self.limiter is not None
         if self.settings.fail_mode == "closed" and (degraded or self._degraded()):
-            return LimitHit("state_unavailable", "fail closed", max(1.0, self.settings.redis_retry_seconds))
+            return LimitHit(
+                "state_unavailable", "fail closed", max(1.0, self.settings.redis_retry_seconds)
+            )
         if not degraded and not self._degraded():
             try:
-                return self.limiter.check(action, account, cluster_id, str(api_key) if api_key else None)
+                return self.limiter.check(
+                    action, account, cluster_id, str(api_key) if api_key else None
+                )
             except StateUnavailable:
                 self._mark_down()
                 if self.settings.fail_mode == "closed":
-                    return LimitHit("state_unavailable", "fail closed", max(1.0, self.settings.redis_retry_seconds))
+                    return LimitHit(
+                        "state_unavailable",
+                        "fail closed",
+                        max(1.0, self.settings.redis_retry_seconds),
+                    )
         return self.limiter.check_fallback(account)
 
     def fold_content(
-        self, rows: Sequence[Mapping[str, Any]], metas: Sequence[AccountMeta | None], signals: pl.DataFrame
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        metas: Sequence[AccountMeta | None],
+        signals: pl.DataFrame,
     ) -> None:
         """Fold content signals of already-checked exchanges into their accounts (no decision)."""
         base = {"n", "in_tok", "out_tok"}
@@ -1262,7 +1549,9 @@ class Enforcer:
                 if content or tpl:
                     self._observe(account, ts_ms, content, tpl)
 
-    def record(self, account_id: str, ts: Any, output_tokens: int, input_tokens: int | None = None) -> None:
+    def record(
+        self, account_id: str, ts: Any, output_tokens: int, input_tokens: int | None = None
+    ) -> None:
         """Fold a completed exchange's token counts into the account (no new exchange is counted)."""
         counters = {"out_tok": float(output_tokens)}
         if input_tokens is not None:
@@ -1292,7 +1581,16 @@ _EU_COLUMN = _MEMBERSHIPS.index("g_eu")
 #: Membership column -> its sharing slot (the one count that fills that feature).
 _SHARING_COLUMNS = tuple((_MEMBERSHIPS.index(f"g_{p[:3]}"), j) for p, j in _GROUP_SLOT.items())
 #: Counters the features read after each exchange (the first is the exchange count).
-_READS = ("n", "content_n", "reasoning_sum", "grader_sum", "cap_top", "tpl_top", "cap_target", "reasoning_hits")
+_READS = (
+    "n",
+    "content_n",
+    "reasoning_sum",
+    "grader_sum",
+    "cap_top",
+    "tpl_top",
+    "cap_target",
+    "reasoning_hits",
+)
 #: Exchanges decided one by one from one that uses a sketch whose eviction cannot wait.
 _ROW_WINDOW = 64
 
@@ -1306,13 +1604,17 @@ class _ReplayColumns:
     ts_ms: list[int]
     fold: ExchangeColumns
     present: list[np.ndarray]  # per membership column: the exchange has that membership
-    taint: list[tuple[int, list[str | None]]]  # (slot in PROPAGATION_KINDS, taint group per row), _observation's order
+    taint: list[
+        tuple[int, list[str | None]]
+    ]  # (slot in PROPAGATION_KINDS, taint group per row), _observation's order
     frame: pl.DataFrame  # the membership columns and their members
     table: pa.Table
     fps: list[Any]
     kyc: np.ndarray  # per row: the account's verification makes it vouched
     infra: np.ndarray  # per row: the address is of a vouched.infrastructure_kinds kind
-    ip_floor: list[int]  # per row: contained accounts its address needs before it links (propagation.links.ip.min_contained)
+    ip_floor: list[
+        int
+    ]  # per row: contained accounts its address needs before it links (propagation.links.ip.min_contained)
     retro_b: list[int]  # per row: the retro-taint window bucket (empty without retro-taint)
     member_cid: list[str | None] = field(default_factory=list)
     link_cid: list[str | None] = field(default_factory=list)
@@ -1329,7 +1631,11 @@ class _ReplayColumns:
         if "account_id" not in names or "ts" not in names or signals.height != n:
             return None
         acct_col, ts_col = table["account_id"], table["ts"]
-        if acct_col.null_count or ts_col.null_count or not (pa.types.is_string(acct_col.type) or pa.types.is_large_string(acct_col.type)):
+        if (
+            acct_col.null_count
+            or ts_col.null_count
+            or not (pa.types.is_string(acct_col.type) or pa.types.is_large_string(acct_col.type))
+        ):
             return None
         if pa.types.is_timestamp(ts_col.type):
             ts_col = pc.cast(pc.cast(ts_col, pa.timestamp("ms", "UTC"), safe=False), pa.int64())
@@ -1362,11 +1668,19 @@ class _ReplayColumns:
             return series.alias(name).cast(dtype)
 
         def sig(name: str, dtype: Any) -> pl.Series:
-            return signals.get_column(name).cast(dtype).alias(name) if name in signals.columns else pl.Series(name, [None] * n, dtype=dtype)
+            return (
+                signals.get_column(name).cast(dtype).alias(name)
+                if name in signals.columns
+                else pl.Series(name, [None] * n, dtype=dtype)
+            )
 
         def bucket(ms: float) -> np.ndarray:
             # Python's int(ts_ms // ms): numpy's float floor division is CPython's algorithm.
-            return np.floor_divide(ts.astype(np.float64), ms).astype(np.int64) if ms else np.zeros(n, dtype=np.int64)
+            return (
+                np.floor_divide(ts.astype(np.float64), ms).astype(np.int64)
+                if ms
+                else np.zeros(n, dtype=np.int64)
+            )
 
         frame = pl.DataFrame([
             pl.Series("acct", accounts, dtype=pl.String), pl.Series("ts", ts), col("client_ip", pl.String), col("user_agent", pl.String),
@@ -1383,7 +1697,9 @@ class _ReplayColumns:
         ip_ok = (c("client_ip").is_not_null() & (c("client_ip") != "")).fill_null(False)
         explained = c("network_kind").is_in(sorted(s.explained_kinds)).fill_null(False)
         shared_ip = ip_ok & ~explained
-        prefix_ok = (c("ip_prefix").is_not_null() & (c("ip_prefix") != "")).fill_null(False) & ~explained
+        prefix_ok = (c("ip_prefix").is_not_null() & (c("ip_prefix") != "")).fill_null(
+            False
+        ) & ~explained
         cap_ok = (c("capability").is_not_null() & (c("capability") != "")).fill_null(False)
         has_tpl = c("template_id").is_not_null()
         has_fp = c("fp").is_not_null()
@@ -1391,7 +1707,11 @@ class _ReplayColumns:
         # Enforcer._observation's exit network: the ASN, else the prefix, of an address of a counted kind.
         has_prefix = (c("ip_prefix").is_not_null() & (c("ip_prefix") != "")).fill_null(False)
         network = pl.coalesce(c("asn"), pl.when(has_prefix).then(cat([lit("p:"), c("ip_prefix")])))
-        counted = ip_ok & c("network_kind").is_in(sorted(s.exit_networks.kinds)).fill_null(False) & network.is_not_null()
+        counted = (
+            ip_ok
+            & c("network_kind").is_in(sorted(s.exit_networks.kinds)).fill_null(False)
+            & network.is_not_null()
+        )
         taint = e._taint
         frame = frame.select(
             g_ip=pl.when(ip_ok).then(cat([lit("ip:"), c("acct")])),
@@ -1442,24 +1762,53 @@ class _ReplayColumns:
         present = [frame.get_column(name).is_not_null().to_numpy() for name in _MEMBERSHIPS]
         floors = e._ip_min_contained
         ip_floor = (
-            signals.get_column("network_kind").cast(pl.String).replace_strict(floors, default=1, return_dtype=pl.Int64).to_list()
+            signals.get_column("network_kind")
+            .cast(pl.String)
+            .replace_strict(floors, default=1, return_dtype=pl.Int64)
+            .to_list()
             if floors and "network_kind" in signals.columns
             else [1] * n
         )
         infra = (
-            signals.get_column("network_kind").cast(pl.String).is_in(sorted(e._infra_kinds)).fill_null(False).to_numpy()
+            signals.get_column("network_kind")
+            .cast(pl.String)
+            .is_in(sorted(e._infra_kinds))
+            .fill_null(False)
+            .to_numpy()
             if "network_kind" in signals.columns
             else np.zeros(n, dtype=bool)
         )
         retro_b: list[int] = bucket(e._retro_ms).tolist() if e._retro else []
-        return cls(n, accounts, ts.tolist(), fold, present, taint_cols, frame, table, fps, kyc, infra, ip_floor, retro_b, [None] * n, [None] * n)
+        return cls(
+            n,
+            accounts,
+            ts.tolist(),
+            fold,
+            present,
+            taint_cols,
+            frame,
+            table,
+            fps,
+            kyc,
+            infra,
+            ip_floor,
+            retro_b,
+            [None] * n,
+            [None] * n,
+        )
 
     def slice(self, start: int, length: int | None = None) -> _ReplayColumns:
         """Rows ``start`` .. ``start + length`` (to the end by default), without recomputing anything."""
         stop = self.n if length is None else min(self.n, start + length)
         frame = self.frame.slice(start, stop - start)
         fold = ExchangeColumns(
-            frame, self.fold.account, self.fold.ts_ms, self.fold.counters, self.fold.families, self.fold.memberships, self.fold.reads
+            frame,
+            self.fold.account,
+            self.fold.ts_ms,
+            self.fold.counters,
+            self.fold.families,
+            self.fold.memberships,
+            self.fold.reads,
         )
         return _ReplayColumns(
             stop - start, self.accounts[start:stop], self.ts_ms[start:stop], fold, [m[start:stop] for m in self.present],
@@ -1472,7 +1821,9 @@ class _ReplayColumns:
         """Taint keys the batch's decisions may read or add to, at the earliest moment (``group``, ``key``)."""
         row = pl.int_range(pl.len(), dtype=pl.Int64) * TOUCH_SLOTS + len(_MEMBERSHIPS)
         parts = [
-            self.frame.select(pl.col(c).alias("group"), row.alias("key")).filter(pl.col("group").is_not_null())
+            self.frame.select(pl.col(c).alias("group"), row.alias("key")).filter(
+                pl.col("group").is_not_null()
+            )
             for c in ("t_ip", "t_tpl", "t_pay")
         ]
         return pl.concat(parts)
@@ -1480,13 +1831,25 @@ class _ReplayColumns:
     @property
     def n_memberships(self) -> int:
         """How many sketch keys the batch names at most (memberships and taint keys, repeats included)."""
-        return sum(self.n - self.frame.get_column(name).null_count() for name in (*_MEMBERSHIPS, "t_ip", "t_tpl", "t_pay"))
+        return sum(
+            self.n - self.frame.get_column(name).null_count()
+            for name in (*_MEMBERSHIPS, "t_ip", "t_tpl", "t_pay")
+        )
 
     def keys_of(self, i: int) -> dict[str, Any]:
         """Exchange ``i``'s link keys, as :meth:`Enforcer._observation` builds them."""
         if self._keys is None:
             f = self.frame
-            self._keys = list(zip(*(f.get_column(k).to_list() for k in ("k_ip", "k_prefix", "g_sip", "g_net", "k_tpl", "k_ua")), self.fps, strict=True))
+            self._keys = list(
+                zip(
+                    *(
+                        f.get_column(k).to_list()
+                        for k in ("k_ip", "k_prefix", "g_sip", "g_net", "k_tpl", "k_ua")
+                    ),
+                    self.fps,
+                    strict=True,
+                )
+            )
         ip, prefix, sip, net, tid, ua, fp = self._keys[i]
         keys: dict[str, Any] = {"ip": ip, "prefix": prefix}
         if sip is not None:
@@ -1507,7 +1870,6 @@ class _ReplayColumns:
         return str(self.table["request_id"][i].as_py() or "")
 
 
-
 def _touch_order(touched: pl.DataFrame, taint: list[tuple[int, str]]) -> list[str]:
     """Every sketch a batch touched, in the order one-by-one updates touched them last (oldest first).
 
@@ -1515,14 +1877,27 @@ def _touch_order(touched: pl.DataFrame, taint: list[tuple[int, str]]) -> list[st
     taint additions after it, ``(row * TOUCH_SLOTS + position, group)``.
     """
     if taint:
-        extra = pl.DataFrame({"group": [g for _, g in taint], "key": [k for k, _ in taint]}, schema={"group": pl.String, "key": pl.Int64})
+        extra = pl.DataFrame(
+            {"group": [g for _, g in taint], "key": [k for k, _ in taint]},
+            schema={"group": pl.String, "key": pl.Int64},
+        )
         touched = pl.concat([touched, extra]).group_by("group").agg(pl.col("key").max())
     order: list[str] = touched.sort("key").get_column("group").to_list()
     return order
 
 
 #: Exchange fields the state update reads per row (content comes from the signals table).
-ROW_COLUMNS = ("request_id", "account_id", "ts", "client_ip", "input_tokens", "output_tokens", "user_agent", "api_key_id", "end_user_id")
+ROW_COLUMNS = (
+    "request_id",
+    "account_id",
+    "ts",
+    "client_ip",
+    "input_tokens",
+    "output_tokens",
+    "user_agent",
+    "api_key_id",
+    "end_user_id",
+)
 
 
 def exchange_rows(batch: pa.Table) -> list[dict[str, Any]]:
@@ -1531,7 +1906,9 @@ def exchange_rows(batch: pa.Table) -> list[dict[str, Any]]:
     small = batch.select(cols)
     if "ts" in cols and pa.types.is_timestamp(small.schema.field("ts").type):
         small = small.set_column(
-            cols.index("ts"), "ts", pc.cast(pc.cast(small["ts"], pa.timestamp("ms", "UTC"), safe=False), pa.int64())
+            cols.index("ts"),
+            "ts",
+            pc.cast(pc.cast(small["ts"], pa.timestamp("ms", "UTC"), safe=False), pa.int64()),
         )
     out: list[dict[str, Any]] = small.to_pylist()
     return out
@@ -1548,10 +1925,16 @@ class ScalarNetwork:
     def __init__(self, intel: pa.Table | None, cache_size: int = 65536) -> None:
         self.by_len: dict[int, dict[Any, tuple[str, int | None]]] = {}
         if intel is not None and intel.num_rows:
-            asns = intel["asn"].to_pylist() if "asn" in intel.column_names else [None] * intel.num_rows
-            for cidr, kind, asn in zip(intel["cidr"].to_pylist(), intel["kind"].to_pylist(), asns, strict=True):
+            asns = (
+                intel["asn"].to_pylist() if "asn" in intel.column_names else [None] * intel.num_rows
+            )
+            for cidr, kind, asn in zip(
+                intel["cidr"].to_pylist(), intel["kind"].to_pylist(), asns, strict=True
+            ):
                 net = ipaddress.ip_network(cidr, strict=False)
-                self.by_len.setdefault(net.prefixlen, {}).setdefault(net, (str(kind), None if asn is None else int(asn)))
+                self.by_len.setdefault(net.prefixlen, {}).setdefault(
+                    net, (str(kind), None if asn is None else int(asn))
+                )
         self.lengths = sorted(self.by_len, reverse=True)
         self.context = functools.lru_cache(maxsize=cache_size)(self._context)
 
@@ -1560,7 +1943,9 @@ class ScalarNetwork:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return None, "unknown", None
-        prefix = str(ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 48}", strict=False))
+        prefix = str(
+            ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 48}", strict=False)
+        )
         for length in self.lengths:
             if length > addr.max_prefixlen:
                 continue
@@ -1597,18 +1982,27 @@ def build_enforcer(
     if kind == "redis":
         from distillguard.enforce.state import RedisState
 
-        state = RedisState(url, settings.redis_prefix, settings.state_ttl_seconds, settings.redis_timeout)
+        state = RedisState(
+            url, settings.redis_prefix, settings.state_ttl_seconds, settings.redis_timeout
+        )
     else:
         state = MemoryState(settings.max_accounts, settings.max_sketch_keys, settings.hll_precision)
     limiter = (
         Limiter(
-            settings.account_limits, settings.cluster_limit, settings.api_key_limit, settings.fallback_limit,
-            redis_url=url if kind == "redis" else None, prefix=settings.redis_prefix, timeout=settings.redis_timeout,
+            settings.account_limits,
+            settings.cluster_limit,
+            settings.api_key_limit,
+            settings.fallback_limit,
+            redis_url=url if kind == "redis" else None,
+            prefix=settings.redis_prefix,
+            timeout=settings.redis_timeout,
         )
         if with_limits
         else None
     )
-    return Enforcer(config, backend=state, limiter=limiter, content=content, settings=settings, intel=intel)
+    return Enforcer(
+        config, backend=state, limiter=limiter, content=content, settings=settings, intel=intel
+    )
 
 
 def _ts_ms(value: Any) -> int:
@@ -1618,7 +2012,9 @@ def _ts_ms(value: Any) -> int:
         return int(value.timestamp() * 1000)
     if isinstance(value, int | float):
         return int(value)
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC).timestamp() * 1000)
+    return int(
+        datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC).timestamp() * 1000
+    )
 
 
 def exchange_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:

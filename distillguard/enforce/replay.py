@@ -59,7 +59,11 @@ class ReplaySummary:
 
 def decision_line(d: Decision) -> str:
     """One ``decisions.jsonl`` line: ``{ts, account_id, action, cluster_id, reasons}``."""
-    ts = datetime.fromtimestamp(d.ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = (
+        datetime.fromtimestamp(d.ts_ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
     doc = {"ts": ts, "account_id": d.account_id, "action": d.action.value, "cluster_id": d.cluster_id,
            "reasons": list(d.reasons)}  # fmt: skip
     return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
@@ -75,12 +79,19 @@ def account_metas(accounts: pa.Table | None) -> dict[str, AccountMeta]:
         return accounts[name].to_pylist() if name in cols else [None] * accounts.num_rows
 
     created = (
-        pc.cast(accounts["created_at"], pa.int64()).to_pylist() if "created_at" in cols else [None] * accounts.num_rows
+        pc.cast(accounts["created_at"], pa.int64()).to_pylist()
+        if "created_at" in cols
+        else [None] * accounts.num_rows
     )
     return {
         str(a): AccountMeta(p, e, c, v)
         for a, p, e, c, v in zip(
-            col("account_id"), col("payment_fingerprint"), col("email_domain"), created, col("verification"), strict=True
+            col("account_id"),
+            col("payment_fingerprint"),
+            col("email_domain"),
+            created,
+            col("verification"),
+            strict=True,
         )
     }
 
@@ -92,7 +103,9 @@ def sorted_batches(exchanges: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield ordered.slice(start, rows)
 
 
-def _signal_batches(batches: Iterator[pa.Table], content: ContentSignals | None) -> Iterator[tuple[pa.Table, Any]]:
+def _signal_batches(
+    batches: Iterator[pa.Table], content: ContentSignals | None
+) -> Iterator[tuple[pa.Table, Any]]:
     """``(batch, content signals)`` with the next batch's signals computed in a thread meanwhile.
 
     The signal stage is mostly polars / numpy / scikit-learn (GIL released), so on two cores it
@@ -141,7 +154,9 @@ def replay_table(
             n_dec += len(changes)
             bar.advance(task, batch.num_rows)
     accounts_seen = len(pc.unique(exchanges["account_id"])) if exchanges.num_rows else 0
-    return ReplaySummary(exchanges.num_rows, n_dec, accounts_seen, time.perf_counter() - start, out / DECISIONS_FILE)
+    return ReplaySummary(
+        exchanges.num_rows, n_dec, accounts_seen, time.perf_counter() - start, out / DECISIONS_FILE
+    )
 
 
 def replay(
@@ -160,8 +175,12 @@ def replay(
     table = log.exchanges.to_table(columns=columns)
     cdir = Path(campaigns) if campaigns is not None else settings.campaigns_dir
     watcher = CampaignWatcher(cdir, settings.min_key_weight, reload_seconds=float("inf"))
-    content = BatchContentSignals(config, intel=log.ip_intel, capability_model=settings.capability_model, carry_over=True)
+    content = BatchContentSignals(
+        config, intel=log.ip_intel, capability_model=settings.capability_model, carry_over=True
+    )
     enforcer = Enforcer(config, campaigns=watcher, settings=settings, intel=log.ip_intel)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    return replay_table(table, log.accounts, enforcer, out, settings.replay_batch_rows, content, progress)
+    return replay_table(
+        table, log.accounts, enforcer, out, settings.replay_batch_rows, content, progress
+    )

@@ -82,7 +82,9 @@ class CheckOut(BaseModel):
 
     request_id: str
     account_id: str
-    action: str = Field(..., description=f"one of {', '.join(ACTIONS)}; challenge = route to step-up verification")
+    action: str = Field(
+        ..., description=f"one of {', '.join(ACTIONS)}; challenge = route to step-up verification"
+    )
     score: float
     cluster_id: str | None
     reasons: list[dict[str, Any]]
@@ -166,7 +168,9 @@ class _AccountMsg(msgspec.Struct, forbid_unknown_fields=True):
     payment_fingerprint: _Short | None = None
     email_domain: _Short | None = None
     created_at: int | str | None = None
-    verification: Annotated[str, msgspec.Meta(pattern="^(none|email|phone|card|kyc)$")] | None = None
+    verification: Annotated[str, msgspec.Meta(pattern="^(none|email|phone|card|kyc)$")] | None = (
+        None
+    )
 
 
 class _CheckMsg(msgspec.Struct, forbid_unknown_fields=True):
@@ -249,7 +253,13 @@ class FastRoutes:
             return self._record
         return None
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, handler: Callable[[bytes], tuple[int, bytes]]) -> None:
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        handler: Callable[[bytes], tuple[int, bytes]],
+    ) -> None:
         if self.expected is not None and not self._authorised(scope):
             self.enforcer.metrics.rejected += 1
             body = b'{"error":"http_error","detail":"missing or wrong bearer key"}'
@@ -292,7 +302,9 @@ class FastRoutes:
             return self._invalid(exc)
         if msg.prompt is not None and len(msg.prompt) > self.max_prompt:
             self.enforcer.metrics.rejected += 1
-            return 413, _ENCODE({"error": "http_error", "detail": f"prompt exceeds {self.max_prompt} characters"})
+            return 413, _ENCODE(
+                {"error": "http_error", "detail": f"prompt exceeds {self.max_prompt} characters"}
+            )
         start = time.perf_counter()
         row = msgspec.structs.asdict(msg)
         account = row.pop("account")
@@ -317,7 +329,9 @@ class FastRoutes:
         return 200, b'{"ok":true}'
 
 
-async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     if extra:
         headers += extra
@@ -362,7 +376,12 @@ class FastHttpProtocol(HttpToolsProtocol):
 
     def _fast_route(self) -> Callable[[bytes], tuple[int, bytes]] | None:
         parser = self.parser
-        if parser.get_method() != b"POST" or self.root_path or self.access_log or self.expect_100_continue:
+        if (
+            parser.get_method() != b"POST"
+            or self.root_path
+            or self.access_log
+            or self.expect_100_continue
+        ):
             return None
         try:
             path = self.url.decode("ascii")
@@ -372,7 +391,11 @@ class FastHttpProtocol(HttpToolsProtocol):
         if handler is None or parser.get_http_version() != "1.1" or not parser.should_keep_alive():
             return None
         cycle = self.cycle
-        if (cycle is not None and not cycle.response_complete) or self.pipeline or self.flow.write_paused:
+        if (
+            (cycle is not None and not cycle.response_complete)
+            or self.pipeline
+            or self.flow.write_paused
+        ):
             return None  # keep responses in request order; let a slow reader apply back-pressure
         if self.limit_concurrency is not None:
             return None
@@ -414,15 +437,22 @@ class FastHttpProtocol(HttpToolsProtocol):
                 b"Internal Server Error"]))  # fmt: skip
             self.transport.close()
             return
-        self.transport.write(b"".join([self._status_head(status), str(len(body)).encode(), b"\r\n\r\n", body]))
+        self.transport.write(
+            b"".join([self._status_head(status), str(len(body)).encode(), b"\r\n\r\n", body])
+        )
         self.server_state.total_requests += 1
         type(self).answered += 1
         self._unset_keepalive_if_required()
         if not self.transport.is_closing():
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _default_headers(self) -> bytes:
-        return b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in self.server_state.default_headers)
+        return b"".join(
+            b"%s: %s\r\n" % (name.lower(), value)
+            for name, value in self.server_state.default_headers
+        )
 
     def _status_head(self, status: int) -> bytes:
         """Status line and headers up to the content length's value, as ASGI's send builds them."""
@@ -434,7 +464,11 @@ class FastHttpProtocol(HttpToolsProtocol):
         head = cls._head.get(status)
         if head is None:
             head = cls._head[status] = b"".join(
-                [STATUS_LINE[status], self._default_headers(), b"content-type: application/json\r\ncontent-length: "]
+                [
+                    STATUS_LINE[status],
+                    self._default_headers(),
+                    b"content-type: application/json\r\ncontent-length: ",
+                ]
             )
         return head
 
@@ -444,18 +478,28 @@ def http_protocol(app: Any) -> type[asyncio.Protocol] | str:
     routes = app.app if isinstance(app, BodyLimit) else None
     if not isinstance(routes, FastRoutes):
         return "auto"
-    return type("BoundFastHttpProtocol", (FastHttpProtocol,), {"routes": routes, "max_bytes": app.max_bytes})
+    return type(
+        "BoundFastHttpProtocol", (FastHttpProtocol,), {"routes": routes, "max_bytes": app.max_bytes}
+    )
 
 
 class ContentWorker:
     """Folds queued prompts into the state in micro-batches, off the request path."""
 
-    def __init__(self, enforcer: Enforcer, content: ContentSignals, max_batch: int = 512, interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        enforcer: Enforcer,
+        content: ContentSignals,
+        max_batch: int = 512,
+        interval: float = 0.05,
+    ) -> None:
         self.enforcer = enforcer
         self.content = content
         self.max_batch = max_batch
         self.interval = interval
-        self.queue: queue.Queue[tuple[dict[str, Any], AccountMeta | None]] = queue.Queue(maxsize=100_000)
+        self.queue: queue.Queue[tuple[dict[str, Any], AccountMeta | None]] = queue.Queue(
+            maxsize=100_000
+        )
         self.dropped = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="content-worker", daemon=True)
@@ -506,7 +550,9 @@ def _meta(account: AccountIn | None) -> AccountMeta | None:
     )
 
 
-def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker | None = None) -> Any:
+def create_app(
+    enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker | None = None
+) -> Any:
     """The ASGI app (FastAPI wrapped in the body-size limit). ``api_key`` None disables auth."""
     settings = enforcer.settings
     app = FastAPI(
@@ -523,11 +569,17 @@ def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
             enforcer.metrics.rejected += 1
-            raise HTTPException(401, detail="missing or wrong bearer key", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, detail="missing or wrong bearer key", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": "http_error", "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {"error": "http_error", "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     from fastapi.exceptions import RequestValidationError
 
@@ -535,7 +587,10 @@ def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         enforcer.metrics.rejected += 1
         problems = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
+            {
+                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                "message": e.get("msg"),
+            }
             for e in exc.errors()
         ]
         return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
@@ -545,7 +600,9 @@ def create_app(enforcer: Enforcer, *, api_key: str | None, worker: ContentWorker
     async def check(body: CheckIn) -> dict[str, Any]:
         if body.prompt is not None and len(body.prompt) > settings.max_prompt_chars:
             enforcer.metrics.rejected += 1
-            raise HTTPException(413, detail=f"prompt exceeds {settings.max_prompt_chars} characters")
+            raise HTTPException(
+                413, detail=f"prompt exceeds {settings.max_prompt_chars} characters"
+            )
         start = time.perf_counter()
         row = body.model_dump(exclude={"account"})
         meta = _meta(body.account)
@@ -604,10 +661,14 @@ def render_metrics(enforcer: Enforcer, worker: ContentWorker | None = None) -> s
         "# HELP distillguard_decisions_total Checks by resulting action.",
         "# TYPE distillguard_decisions_total counter",
     ]
-    lines += [f'distillguard_decisions_total{{action="{a}"}} {m.decisions.get(a, 0)}' for a in ACTIONS]
+    lines += [
+        f'distillguard_decisions_total{{action="{a}"}} {m.decisions.get(a, 0)}' for a in ACTIONS
+    ]
     lines += ["# HELP distillguard_limited_total Checks refused by a rate limit, by scope.",
               "# TYPE distillguard_limited_total counter"]  # fmt: skip
-    lines += [f'distillguard_limited_total{{scope="{s}"}} {n}' for s, n in sorted(m.limited.items())]
+    lines += [
+        f'distillguard_limited_total{{scope="{s}"}} {n}' for s, n in sorted(m.limited.items())
+    ]
     lines += [
         "# HELP distillguard_state_errors_total Failures reaching the shared state store.",
         "# TYPE distillguard_state_errors_total counter",
@@ -629,7 +690,10 @@ def render_metrics(enforcer: Enforcer, worker: ContentWorker | None = None) -> s
         cumulative += count
         le = "+Inf" if bound == float("inf") else repr(bound)
         lines.append(f'distillguard_check_seconds_bucket{{le="{le}"}} {cumulative}')
-    lines += [f"distillguard_check_seconds_sum {m.latency_sum:.6f}", f"distillguard_check_seconds_count {cumulative}"]
+    lines += [
+        f"distillguard_check_seconds_sum {m.latency_sum:.6f}",
+        f"distillguard_check_seconds_count {cumulative}",
+    ]
     size = (enforcer.backend if enforcer.backend.name == "memory" else enforcer.local).size()
     lines += ["# HELP distillguard_local_accounts Accounts held in process memory.",
               "# TYPE distillguard_local_accounts gauge", f"distillguard_local_accounts {size['accounts']}"]  # fmt: skip

@@ -83,7 +83,8 @@ class Vouched:
 #: Signals a vouched account may abstain from: infrastructure others share with it, and address or
 #: template taint. Payment sharing and payment taint are cluster evidence and always count.
 VOUCHED_ABSTAIN = frozenset(
-    {f"shared_{k}" for k in SHARING_KINDS if k != "payment"} | {f"flagged_{k}" for k in PROPAGATION_KINDS if k != "payment"}
+    {f"shared_{k}" for k in SHARING_KINDS if k != "payment"}
+    | {f"flagged_{k}" for k in PROPAGATION_KINDS if k != "payment"}
 )
 
 
@@ -152,14 +153,20 @@ class EnforceSettings:
                 try:
                     parse(str(rate))
                 except ValueError as exc:
-                    raise ConfigError(f"enforce.limits: {rate!r} is not a rate like '10/minute'") from exc
+                    raise ConfigError(
+                        f"enforce.limits: {rate!r} is not a rate like '10/minute'"
+                    ) from exc
             missing = {"allow", "monitor", "throttle"} - set(lim["account"])
             if missing:
                 raise ConfigError(f"enforce.limits.account needs rates for {sorted(missing)}")
             if e["backend"] not in ("memory", "redis"):
-                raise ConfigError(f"enforce.backend must be 'memory' or 'redis', got {e['backend']!r}")
+                raise ConfigError(
+                    f"enforce.backend must be 'memory' or 'redis', got {e['backend']!r}"
+                )
             if e["fail_mode"] not in ("open", "closed"):
-                raise ConfigError(f"enforce.fail_mode must be 'open' or 'closed', got {e['fail_mode']!r}")
+                raise ConfigError(
+                    f"enforce.fail_mode must be 'open' or 'closed', got {e['fail_mode']!r}"
+                )
             if not 4 <= int(e["hll_precision"]) <= 16:
                 raise ConfigError("enforce.hll_precision must be between 4 and 16")
             for key in ("max_accounts", "max_sketch_keys", "max_body_bytes"):
@@ -174,12 +181,18 @@ class EnforceSettings:
                     f"enforce.online: unknown signals {sorted(unknown_b | unknown_s | unknown_l)}; "
                     f"behaviour: {BEHAVIOUR_FEATURES}, sharing: {SHARING_KINDS}, links: {LINK_KINDS}"
                 )
-            behaviour = {k: Behaviour(float(v["weight"]), float(v["x0"])) for k, v in onl["behaviour"].items()}
+            behaviour = {
+                k: Behaviour(float(v["weight"]), float(v["x0"]))
+                for k, v in onl["behaviour"].items()
+            }
             if any(not 0.0 <= b.x0 < 1.0 for b in behaviour.values()):
                 raise ConfigError("enforce.online.behaviour: x0 must be in [0, 1)")
             sharing = {
                 k: Sharing(
-                    float(v["weight"]), int(v["k0"]), int(v["cap"]), int(v["max_k"]),
+                    float(v["weight"]),
+                    int(v["k0"]),
+                    int(v["cap"]),
+                    int(v["max_k"]),
                     float(v.get("window_minutes", 0.0)),
                 )
                 for k, v in onl["sharing"].items()
@@ -189,35 +202,57 @@ class EnforceSettings:
             prop = onl["propagation"]
             ranks = {"throttle": 2, "challenge": 3, "suspend": 4}
             if prop["min_action"] not in ranks:
-                raise ConfigError(f"enforce.online.propagation.min_action must be one of {sorted(ranks)}")
+                raise ConfigError(
+                    f"enforce.online.propagation.min_action must be one of {sorted(ranks)}"
+                )
             unknown_p = set(prop["links"]) - set(PROPAGATION_KINDS)
             if unknown_p:
-                raise ConfigError(f"enforce.online.propagation.links: unknown {sorted(unknown_p)}; known: {PROPAGATION_KINDS}")
+                raise ConfigError(
+                    f"enforce.online.propagation.links: unknown {sorted(unknown_p)}; known: {PROPAGATION_KINDS}"
+                )
             propagation = {
-                k: Sharing(float(v["weight"]), int(v.get("k0", 0)), int(v.get("cap", 1)), int(v.get("max_k", 10**9)),
-                           x0=float(v.get("x0", 0.0)), x1=float(v.get("x1", 1.0)),
-                           min_contained={str(n): int(m) for n, m in (v.get("min_contained") or {}).items()},
-                           retro_exits=int(v.get("retro_exits", 0)),
-                           supersedes_shared_ip=bool(v.get("supersedes_shared_ip", False)))
+                k: Sharing(
+                    float(v["weight"]),
+                    int(v.get("k0", 0)),
+                    int(v.get("cap", 1)),
+                    int(v.get("max_k", 10**9)),
+                    x0=float(v.get("x0", 0.0)),
+                    x1=float(v.get("x1", 1.0)),
+                    min_contained={
+                        str(n): int(m) for n, m in (v.get("min_contained") or {}).items()
+                    },
+                    retro_exits=int(v.get("retro_exits", 0)),
+                    supersedes_shared_ip=bool(v.get("supersedes_shared_ip", False)),
+                )
                 for k, v in prop["links"].items()
             }
             ip_link = propagation.get("ip", Sharing(0, 0, 1, 1))
             if not 0.0 <= ip_link.x0 < ip_link.x1 <= 1.0:
                 raise ConfigError("enforce.online.propagation.links.ip needs 0 <= x0 < x1 <= 1")
             if any(m < 1 for m in ip_link.min_contained.values()):
-                raise ConfigError("enforce.online.propagation.links.ip.min_contained: every kind needs >= 1")
+                raise ConfigError(
+                    "enforce.online.propagation.links.ip.min_contained: every kind needs >= 1"
+                )
             if not 0 <= ip_link.retro_exits <= MAX_RETRO_EXITS:
-                raise ConfigError(f"enforce.online.propagation.links.ip.retro_exits must be within 0..{MAX_RETRO_EXITS}")
+                raise ConfigError(
+                    f"enforce.online.propagation.links.ip.retro_exits must be within 0..{MAX_RETRO_EXITS}"
+                )
             if any(s.cap < 1 for s in propagation.values()):
                 raise ConfigError("enforce.online.propagation.links: cap must be >= 1")
             nets, hits = onl["exit_networks"], onl["reasoning_hits"]
             exit_networks = Counted(
-                float(nets["weight"]), int(nets["k0"]), int(nets["cap"]), float(nets["window_minutes"]),
+                float(nets["weight"]),
+                int(nets["k0"]),
+                int(nets["cap"]),
+                float(nets["window_minutes"]),
                 frozenset(str(k) for k in nets["kinds"]),
             )
             reasoning_hits = Counted(
-                float(hits["weight"]), int(hits["k0"]), int(hits["cap"]),
-                threshold=float(hits["threshold"]), min_share=float(hits["min_share"]),
+                float(hits["weight"]),
+                int(hits["k0"]),
+                int(hits["cap"]),
+                threshold=float(hits["threshold"]),
+                min_share=float(hits["min_share"]),
             )
             if exit_networks.cap < 1 or reasoning_hits.cap < 1:
                 raise ConfigError("enforce.online.exit_networks / reasoning_hits: cap must be >= 1")
@@ -226,11 +261,17 @@ class EnforceSettings:
                     "enforce.online.exit_networks needs window_minutes > 0 and a non-empty kinds list, "
                     "e.g. {window_minutes: 1440, kinds: [residential, mobile, unknown, proxy]}"
                 )
-            if not 0.0 < reasoning_hits.threshold <= 1.0 or not 0.0 <= reasoning_hits.min_share <= 1.0:
-                raise ConfigError("enforce.online.reasoning_hits needs 0 < threshold <= 1 and 0 <= min_share <= 1")
+            if (
+                not 0.0 < reasoning_hits.threshold <= 1.0
+                or not 0.0 <= reasoning_hits.min_share <= 1.0
+            ):
+                raise ConfigError(
+                    "enforce.online.reasoning_hits needs 0 < threshold <= 1 and 0 <= min_share <= 1"
+                )
             vc = onl.get("vouched") or {}
             vouched = Vouched(
-                frozenset(str(v) for v in vc.get("verification", ())), int(vc.get("platform_min_end_users", 0)),
+                frozenset(str(v) for v in vc.get("verification", ())),
+                int(vc.get("platform_min_end_users", 0)),
                 frozenset(str(v) for v in vc.get("abstain", ())),
                 frozenset(str(v) for v in vc.get("infrastructure_kinds", ())),
             )
@@ -240,7 +281,9 @@ class EnforceSettings:
                     f"choose from {sorted(VOUCHED_ABSTAIN)} (payment links are cluster evidence)"
                 )
             if vouched.platform_min_end_users < 0:
-                raise ConfigError("enforce.online.vouched.platform_min_end_users must be >= 0 (0: off)")
+                raise ConfigError(
+                    "enforce.online.vouched.platform_min_end_users must be >= 0 (0: off)"
+                )
             api_key = os.environ.get("DISTILLGUARD_API_KEY") or svc["api_key"]
             cdir = kc["results_dir"]
             return cls(
@@ -285,4 +328,6 @@ class EnforceSettings:
         except KeyError as exc:
             raise ConfigError(f"enforce configuration is missing key {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"enforce configuration has a value of the wrong type: {exc}") from exc
+            raise ConfigError(
+                f"enforce configuration has a value of the wrong type: {exc}"
+            ) from exc

@@ -111,7 +111,9 @@ class StateBackend(Protocol):
 
     def get(self, account_id: str) -> AccountView | None: ...
 
-    def set_action(self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]) -> None: ...
+    def set_action(
+        self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]
+    ) -> None: ...
 
     def ping(self) -> bool: ...
 
@@ -278,8 +280,12 @@ class Folded:
 
     views: list[AccountView]  # the stored object, current at that exchange (later updates included)
     values: np.ndarray  # (exchanges, reads): the ``reads`` after each exchange
-    counts: np.ndarray  # (exchanges, memberships), int64: the group's count after the addition; 0 where none
-    touched: pl.DataFrame  # ``group``, ``key`` = row * TOUCH_SLOTS + membership index of each sketch's last addition
+    counts: (
+        np.ndarray
+    )  # (exchanges, memberships), int64: the group's count after the addition; 0 where none
+    touched: (
+        pl.DataFrame
+    )  # ``group``, ``key`` = row * TOUCH_SLOTS + membership index of each sketch's last addition
 
 
 #: Most exits an account remembers per window for retro-taint (``propagation.links.ip.retro_exits``).
@@ -300,7 +306,9 @@ def additions(batch: ExchangeColumns) -> pl.DataFrame:
     row = pl.int_range(pl.len(), dtype=pl.Int64) * TOUCH_SLOTS
     parts = [
         batch.frame.select(
-            (row + j).alias("key"), pl.col(g).cast(pl.String).alias("group"), pl.col(m).cast(pl.String).alias("member")
+            (row + j).alias("key"),
+            pl.col(g).cast(pl.String).alias("group"),
+            pl.col(m).cast(pl.String).alias("member"),
         ).filter(pl.col("group").is_not_null() & pl.col("member").is_not_null())
         for j, (g, m) in enumerate(batch.memberships)
     ]
@@ -319,7 +327,9 @@ class MemoryState:
 
     name = "memory"
 
-    def __init__(self, max_accounts: int = 200_000, max_sketch_keys: int = 400_000, hll_precision: int = 8) -> None:
+    def __init__(
+        self, max_accounts: int = 200_000, max_sketch_keys: int = 400_000, hll_precision: int = 8
+    ) -> None:
         if max_accounts < 1 or max_sketch_keys < 1:
             raise ValueError("max_accounts and max_sketch_keys must be >= 1")
         self.max_accounts = max_accounts
@@ -338,7 +348,11 @@ class MemoryState:
             )  # fmt: skip
 
     def observe_live(
-        self, account_id: str, ts_ms: int, counters: Mapping[str, float], distinct: Sequence[tuple[str, str]]
+        self,
+        account_id: str,
+        ts_ms: int,
+        counters: Mapping[str, float],
+        distinct: Sequence[tuple[str, str]],
     ) -> tuple[AccountView, dict[str, int]]:
         """:meth:`observe` without copies: the stored view itself (valid until the next update) and the sketch counts.
 
@@ -349,7 +363,11 @@ class MemoryState:
             return self._observe(account_id, ts_ms, counters, distinct)
 
     def _observe(
-        self, account_id: str, ts_ms: int, increments: Mapping[str, float], distinct: Sequence[tuple[str, str]]
+        self,
+        account_id: str,
+        ts_ms: int,
+        increments: Mapping[str, float],
+        distinct: Sequence[tuple[str, str]],
     ) -> tuple[AccountView, dict[str, int]]:
         accounts = self._accounts
         view = accounts.get(account_id)
@@ -412,10 +430,26 @@ class MemoryState:
         n = f.height
         plain_names = list(batch.counters)
         none_row: tuple[None, ...] = ()
-        incs = zip(*(f.get_column(c).to_list() for c in batch.counters.values()), strict=True) if plain_names else itertools.repeat(none_row, n)
-        fams = zip(*(f.get_column(c).to_list() for c in batch.families), strict=True) if batch.families else itertools.repeat(none_row, n)
-        groups = zip(*(f.get_column(g).to_list() for g, _ in batch.memberships), strict=True) if batch.memberships else itertools.repeat(none_row, n)
-        members = zip(*(f.get_column(m).to_list() for _, m in batch.memberships), strict=True) if batch.memberships else itertools.repeat(none_row, n)
+        incs = (
+            zip(*(f.get_column(c).to_list() for c in batch.counters.values()), strict=True)
+            if plain_names
+            else itertools.repeat(none_row, n)
+        )
+        fams = (
+            zip(*(f.get_column(c).to_list() for c in batch.families), strict=True)
+            if batch.families
+            else itertools.repeat(none_row, n)
+        )
+        groups = (
+            zip(*(f.get_column(g).to_list() for g, _ in batch.memberships), strict=True)
+            if batch.memberships
+            else itertools.repeat(none_row, n)
+        )
+        members = (
+            zip(*(f.get_column(m).to_list() for _, m in batch.memberships), strict=True)
+            if batch.memberships
+            else itertools.repeat(none_row, n)
+        )
         read_names = tuple(batch.reads)
         zeros = (0.0,) * len(read_names)
         views: list[AccountView] = []
@@ -424,7 +458,13 @@ class MemoryState:
         accounts, sketches = self._accounts, self._sketches
         max_accounts, p = self.max_accounts, self.p
         for account, ts_ms, row_incs, row_fams, row_groups, row_members in zip(
-            f.get_column(batch.account).to_list(), f.get_column(batch.ts_ms).to_list(), incs, fams, groups, members, strict=True
+            f.get_column(batch.account).to_list(),
+            f.get_column(batch.ts_ms).to_list(),
+            incs,
+            fams,
+            groups,
+            members,
+            strict=True,
         ):
             view = accounts.get(account)
             if view is None:
@@ -490,7 +530,11 @@ class MemoryState:
             if fields.len() == 0:
                 continue
             prefixes = fields.str.slice(0, 4).unique().to_list()
-            if len(prefixes) != 1 or prefixes[0] not in TOP_FAMILIES or any(prefixes[0] == p for _, p, _ in fams):
+            if (
+                len(prefixes) != 1
+                or prefixes[0] not in TOP_FAMILIES
+                or any(prefixes[0] == p for _, p, _ in fams)
+            ):
                 return None
             if (fields == prefixes[0] + "~other").any():
                 return None
@@ -509,21 +553,35 @@ class MemoryState:
             views_by[a] = view
         views = [views_by[a] for a in acct_list]
         counters = [views_by[a].counters for a in uniq]
-        at = acct.replace_strict(uniq, list(range(len(uniq))), return_dtype=pl.Int64).to_numpy()  # row -> uniq index
+        at = acct.replace_strict(
+            uniq, list(range(len(uniq))), return_dtype=pl.Int64
+        ).to_numpy()  # row -> uniq index
 
         # Counters: cumulative sums per account, each starting from the stored value, so the
         # additions happen in the same order (and give the same floats) as one by one.
         names = ["n", *batch.counters]
-        prior = np.array([[c.get(k, 0.0) for k in names] for c in counters], dtype=np.float64).reshape(len(uniq), len(names))
+        prior = np.array(
+            [[c.get(k, 0.0) for k in names] for c in counters], dtype=np.float64
+        ).reshape(len(uniq), len(names))
         had = [[k in c for k in names] for c in counters]
         cols = [f"c{j}" for j in range(len(names))]
-        head = pl.DataFrame({"_a": pl.Series(uniq, dtype=pl.String), **{c: prior[:, j] for j, c in enumerate(cols)}})
+        head = pl.DataFrame(
+            {"_a": pl.Series(uniq, dtype=pl.String), **{c: prior[:, j] for j, c in enumerate(cols)}}
+        )
         body = f.select(
             pl.col(batch.account).cast(pl.String).alias("_a"),
             pl.lit(1.0, dtype=pl.Float64).alias("c0"),
-            *(pl.col(col).cast(pl.Float64).fill_null(0.0).alias(cols[j + 1]) for j, col in enumerate(batch.counters.values())),
+            *(
+                pl.col(col).cast(pl.Float64).fill_null(0.0).alias(cols[j + 1])
+                for j, col in enumerate(batch.counters.values())
+            ),
         )
-        cum = pl.concat([head, body]).select(pl.col(c).cum_sum().over("_a") for c in cols).slice(len(uniq)).to_numpy()
+        cum = (
+            pl.concat([head, body])
+            .select(pl.col(c).cum_sum().over("_a") for c in cols)
+            .slice(len(uniq))
+            .to_numpy()
+        )
         per_account = f.select(
             pl.col(batch.account).cast(pl.String).alias("_a"),
             pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
@@ -540,10 +598,16 @@ class MemoryState:
         for col, prefix, top in fams:
             before = np.array([c.get(top, 0.0) for c in counters], dtype=np.float64)[at]
             rows = f.select(
-                pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"), pl.col(batch.account).cast(pl.String).alias("_a"), pl.col(col).alias("_f")
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
+                pl.col(batch.account).cast(pl.String).alias("_a"),
+                pl.col(col).alias("_f"),
             ).filter(pl.col("_f").is_not_null())
-            rows = rows.with_columns((pl.int_range(pl.len(), dtype=pl.Int64).over(["_a", "_f"]) + 1).alias("_k"))
-            pairs = rows.group_by(["_a", "_f"], maintain_order=True).agg(pl.col("_i").min().alias("_first"), pl.len().alias("_cnt"))
+            rows = rows.with_columns(
+                (pl.int_range(pl.len(), dtype=pl.Int64).over(["_a", "_f"]) + 1).alias("_k")
+            )
+            pairs = rows.group_by(["_a", "_f"], maintain_order=True).agg(
+                pl.col("_i").min().alias("_first"), pl.len().alias("_cnt")
+            )
             # Per account, fields in the order they first appear: one by one admits a new field while
             # fewer than MAX_FAMILY_FIELDS are held, and pools the rest in <family>~other.
             admitted: list[bool] = []
@@ -565,7 +629,10 @@ class MemoryState:
                 base.append(value)
                 c[name] = value + cnt
                 c[top] = max(c.get(top, 0.0), value + cnt)
-            info = pl.DataFrame({"_first": pairs.get_column("_first"), "_adm": admitted, "_base": base}, schema={"_first": pl.Int64, "_adm": pl.Boolean, "_base": pl.Float64})
+            info = pl.DataFrame(
+                {"_first": pairs.get_column("_first"), "_adm": admitted, "_base": base},
+                schema={"_first": pl.Int64, "_adm": pl.Boolean, "_base": pl.Float64},
+            )
             hit = (
                 rows.with_columns(pl.col("_i").min().over(["_a", "_f"]).alias("_first"))
                 .join(info, on="_first", how="left")
@@ -574,7 +641,12 @@ class MemoryState:
             )
             v = np.full(n, -np.inf)
             v[hit.get_column("_i").to_numpy()] = hit.get_column("_v").to_numpy()
-            running = pl.DataFrame({"_a": acct, "_v": v}).select(pl.col("_v").cum_max().over("_a")).to_series().to_numpy()
+            running = (
+                pl.DataFrame({"_a": acct, "_v": v})
+                .select(pl.col("_v").cum_max().over("_a"))
+                .to_series()
+                .to_numpy()
+            )
             top_reads[top] = np.where(running > before, running, before)
 
         # Sketches: an exact set's count is its size so far, so it only needs which additions are
@@ -615,7 +687,9 @@ class MemoryState:
         sketches, p = self._sketches, self.p
         prior: dict[str, str | set[str]] = {}
         size: dict[str, int] = {}
-        sequential: list[str] = []  # addition by addition (sets that become HyperLogLogs in this batch)
+        sequential: list[
+            str
+        ] = []  # addition by addition (sets that become HyperLogLogs in this batch)
         hll: list[str] = []  # HyperLogLogs already
         for g in adds.get_column("group").unique().to_list():
             sketch = sketches.get(g)
@@ -638,11 +712,17 @@ class MemoryState:
         known = firsts.filter(pl.col("group").is_in(list(prior)))
         held_before = [
             (had == m if isinstance(had, str) else m in had)
-            for g, m in zip(known.get_column("group").to_list(), known.get_column("member").to_list(), strict=True)
+            for g, m in zip(
+                known.get_column("group").to_list(),
+                known.get_column("member").to_list(),
+                strict=True,
+            )
             for had in (prior[g],)
         ]
         firsts = firsts.join(
-            known.select("key", pl.Series("_held", held_before, dtype=pl.Boolean)), on="key", how="left"
+            known.select("key", pl.Series("_held", held_before, dtype=pl.Boolean)),
+            on="key",
+            how="left",
         ).with_columns((~pl.col("_held").fill_null(False)).alias("_new"))
         # A set that reaches EXACT_LIMIT in this batch becomes a HyperLogLog: addition by addition.
         grows = firsts.group_by("group").agg(pl.col("_new").sum().alias("_n"))
@@ -678,7 +758,12 @@ class MemoryState:
                 assert current is not None
                 current.update(members)
         seq = adds.filter(pl.col("group").is_in(sequential))
-        for key, g, m in zip(seq.get_column("key").to_list(), seq.get_column("group").to_list(), seq.get_column("member").to_list(), strict=True):
+        for key, g, m in zip(
+            seq.get_column("key").to_list(),
+            seq.get_column("group").to_list(),
+            seq.get_column("member").to_list(),
+            strict=True,
+        ):
             sketch = sketches.get(g)
             if sketch is None:
                 sketch = _Sketch(p)
@@ -721,7 +806,9 @@ class MemoryState:
         st = stale0[g_of]
         segment = (st + k - 1) // every  # re-estimates strictly before this addition
         check = (st + k) % every == 0
-        start = np.searchsorted(g_of, np.arange(len(groups)))  # each sketch's first addition (sorted by sketch)
+        start = np.searchsorted(
+            g_of, np.arange(len(groups))
+        )  # each sketch's first addition (sorted by sketch)
         end = np.append(start[1:], len(g_of))
         # A re-estimate runs if a register moved since the previous one (or before the batch, for the first).
         seg_key = g_of * (int(k.max()) + 1) + segment
@@ -771,7 +858,9 @@ class MemoryState:
             if sketch is None:
                 sketch = _Sketch(self.p)
                 self._sketches[group] = sketch
-            elif sketch.exact == member:  # _Sketch.add's answer for its one member, without the call
+            elif (
+                sketch.exact == member
+            ):  # _Sketch.add's answer for its one member, without the call
                 return 1
             return sketch.add(member)
 
@@ -791,7 +880,9 @@ class MemoryState:
             while len(sketches) > self.max_sketch_keys:
                 sketches.popitem(last=False)
 
-    def plan_evictions(self, adds: pl.DataFrame, taint: pl.DataFrame) -> tuple[dict[str, int], int | None]:
+    def plan_evictions(
+        self, adds: pl.DataFrame, taint: pl.DataFrame
+    ) -> tuple[dict[str, int], int | None]:
         """Which sketches one-by-one updates evict before a batch first uses them, as far as that is settled.
 
         ``adds``: the batch's additions (:func:`additions`); ``taint``: keys the decisions may read
@@ -833,9 +924,17 @@ class MemoryState:
                     new_taint.append(t)
             fewest, stop_f = self._frontier(sorted(new), used, held_taint)
             most, stop_m = self._frontier(sorted(new + new_taint), used, held_taint)
-            unsettled = [t for k, t in most.items() if k not in fewest] + [t for k, t in fewest.items() if k not in most]
-            undecided = min([*unsettled, *(s for s in (stop_f, stop_m) if s is not None)], default=None)
-            return {k: t for k, t in fewest.items() if k in most and (undecided is None or t < undecided)}, undecided
+            unsettled = [t for k, t in most.items() if k not in fewest] + [
+                t for k, t in fewest.items() if k not in most
+            ]
+            undecided = min(
+                [*unsettled, *(s for s in (stop_f, stop_m) if s is not None)], default=None
+            )
+            return {
+                k: t
+                for k, t in fewest.items()
+                if k in most and (undecided is None or t < undecided)
+            }, undecided
 
     def _frontier(
         self, inserts: list[int], used: Mapping[str, int], taint: Collection[str]
@@ -888,7 +987,9 @@ class MemoryState:
                 view.action_rank, view.cluster_id, list(view.reasons),
             )  # fmt: skip
 
-    def set_action(self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]) -> None:
+    def set_action(
+        self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]
+    ) -> None:
         with self._lock:
             view = self._accounts.get(account_id)
             if view is None:
@@ -1007,7 +1108,9 @@ class RedisState:
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "dg", ttl_seconds: int = 30 * 86400, timeout: float = 0.25) -> None:
+    def __init__(
+        self, url: str, prefix: str = "dg", ttl_seconds: int = 30 * 86400, timeout: float = 0.25
+    ) -> None:
         self.prefix = prefix
         self.ttl = ttl_seconds
         self.client = redis.Redis.from_url(
@@ -1040,7 +1143,9 @@ class RedisState:
             raise StateUnavailable(f"redis state store unreachable: {exc}") from exc
 
     def observe(self, obs: Observation) -> AccountView:
-        keys = [self._acct(obs.account_id), self._exits(obs.account_id)] + [f"{self.prefix}:s:{g}" for g, _ in obs.distinct]
+        keys = [self._acct(obs.account_id), self._exits(obs.account_id)] + [
+            f"{self.prefix}:s:{g}" for g, _ in obs.distinct
+        ]
         argv: list[Any] = [self.ttl, obs.ts_ms, len(obs.counters)]
         for name, inc in obs.counters.items():
             argv += [name, repr(float(inc))]
@@ -1060,10 +1165,15 @@ class RedisState:
             flat = [x for kv in flat.items() for x in kv]
         return _parse_hash(account_id, flat)
 
-    def set_action(self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]) -> None:
+    def set_action(
+        self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]
+    ) -> None:
         key = self._acct(account_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping={"action": rank, "cluster": cluster_id or "", "reasons": json.dumps(reasons)})
+        pipe.hset(
+            key,
+            mapping={"action": rank, "cluster": cluster_id or "", "reasons": json.dumps(reasons)},
+        )
         pipe.expire(key, self.ttl)
         self._call(pipe.execute)
 

@@ -30,9 +30,7 @@ class EmbeddedEngine:
         # keep every cached table resident, which ran out of memory at the seed scale.
         self._database = database
         self._held = itertools.count()
-        self.backend: Any = ibis.duckdb.connect(
-            ":memory:" if database is None else str(database)
-        )
+        self.backend: Any = ibis.duckdb.connect(":memory:" if database is None else str(database))
         if database is not None:
             spill = Path(database).with_suffix(".spill")
             self.backend.raw_sql(f"SET temp_directory = '{spill.as_posix()}'")

@@ -152,12 +152,12 @@ def infrastructure(exchanges: pa.Table, ip_intel: pa.Table | None) -> Infrastruc
         .agg(pl.col("n").sum())
         .sort(["n", "asn", "kind"], descending=[True, False, False], nulls_last=True)
     )
-    kinds = frame.group_by("kind").agg(pl.col("n").sum()).sort(["n", "kind"], descending=[True, False])
+    kinds = (
+        frame.group_by("kind").agg(pl.col("n").sum()).sort(["n", "kind"], descending=[True, False])
+    )
     kind_shares = {str(k): int(n) / total for k, n in kinds.iter_rows()}
     networks = tuple(
-        NetworkShare(
-            int(a) if a is not None else None, o, str(k), int(n), int(n) / total
-        )
+        NetworkShare(int(a) if a is not None else None, o, str(k), int(n), int(n) / total)
         for a, o, k, n in nets.head(TOP_NETWORKS).iter_rows()
     )
     placed_share = 1.0 - kind_shares.get("unknown", 0.0)
@@ -176,7 +176,9 @@ def infrastructure(exchanges: pa.Table, ip_intel: pa.Table | None) -> Infrastruc
         )
     rest = 1.0 - sum(n.share for n in networks)
     if rest > 0.005:
-        statements.append(f"The remaining {_pct(rest)} spread over {nets.height - len(networks)} other networks.")
+        statements.append(
+            f"The remaining {_pct(rest)} spread over {nets.height - len(networks)} other networks."
+        )
     residential = kind_shares.get("residential", 0.0) + kind_shares.get("mobile", 0.0)
     if residential >= 0.5 and len(networks) > 1:
         statements.append(

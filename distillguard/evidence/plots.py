@@ -135,7 +135,9 @@ def volume_plot(
         return _svg(fig, title)
 
 
-def share_bars(key: str, shares: Mapping[str, float], colours: Mapping[str, str], title: str) -> str:
+def share_bars(
+    key: str, shares: Mapping[str, float], colours: Mapping[str, str], title: str
+) -> str:
     """One horizontal 100 % bar split by category, labelled with percentages."""
     with _style(f"bars:{key}"):
         fig = Figure(figsize=(4.2, 0.9 + 0.22 * len(shares)))
@@ -211,7 +213,9 @@ def graph_plot(
         # One path per (kind, width band), not one element per edge: small, fast SVG.
         bands: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
         for a, b, w, kind in kept:
-            bands.setdefault((kind, min(2, int(3 * w / top))), []).append((xy[index[a]], xy[index[b]]))
+            bands.setdefault((kind, min(2, int(3 * w / top))), []).append(
+                (xy[index[a]], xy[index[b]])
+            )
         for (kind, band), segs in sorted(bands.items()):
             verts = np.asarray([p for seg in segs for p in seg], float)
             codes = np.tile([MplPath.MOVETO, MplPath.LINETO], len(segs))
@@ -227,10 +231,18 @@ def graph_plot(
         ]
         handles += [
             mpl.lines.Line2D([], [], marker="o", ls="", color=ACTION_COLOURS[a], label=a)
-            for a in sorted({node_actions.get(n, "allow") for n in nodes}, key=list(ACTION_COLOURS).index)
+            for a in sorted(
+                {node_actions.get(n, "allow") for n in nodes}, key=list(ACTION_COLOURS).index
+            )
         ]
         if handles:
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+            ax.legend(
+                handles=handles,
+                loc="upper left",
+                bbox_to_anchor=(1.0, 1.0),
+                fontsize=7,
+                frameon=False,
+            )
         ax.set_title(title, fontsize=9, loc="left")
         fig.tight_layout()
         return _svg(fig, title)

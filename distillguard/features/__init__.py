@@ -5,4 +5,9 @@ from __future__ import annotations
 from distillguard.features.aggregate import compute_account_features, compute_end_user_features
 from distillguard.features.detectors import REGISTRY, AccountFeatureDetector
 
-__all__ = ["REGISTRY", "AccountFeatureDetector", "compute_account_features", "compute_end_user_features"]
+__all__ = [
+    "REGISTRY",
+    "AccountFeatureDetector",
+    "compute_account_features",
+    "compute_end_user_features",
+]

@@ -118,10 +118,15 @@ def feature_expr(
     # Only the keys and the time go through the sort: a window carries every column it is given.
     # Ties in ts need no tie-break: equal times give a zero gap whichever comes first.
     times = s.select(*keys, "sec")
-    gaps = times.mutate(gap=times.sec - times.sec.lag().over(ibis.window(group_by=keys, order_by=times.sec)))
+    gaps = times.mutate(
+        gap=times.sec - times.sec.lag().over(ibis.window(group_by=keys, order_by=times.sec))
+    )
     content = s.has_content
     newest = (
-        s.group_by("model").aggregate(first=s.ts.min()).order_by([ibis.desc("first"), "model"]).limit(1)
+        s.group_by("model")
+        .aggregate(first=s.ts.min())
+        .order_by([ibis.desc("first"), "model"])
+        .limit(1)
     )
     newest_model = newest.model.as_scalar()
 
@@ -148,7 +153,8 @@ def feature_expr(
         grader_share=content_share("grader_use"),
         rewrite_share=content_share("rewrite_request"),
         mean_reasoning=s.reasoning_elicitation.mean(),
-        out_in_ratio=s.output_tokens.sum().cast("float64") / ibis.greatest(s.input_tokens.sum(), 1).cast("float64"),
+        out_in_ratio=s.output_tokens.sum().cast("float64")
+        / ibis.greatest(s.input_tokens.sum(), 1).cast("float64"),
         thinking_share=share(s.thinking.fill_null(False)),
         night_share=share((s.hour >= night_lo) & (s.hour < night_hi)),
         n_ips=None,
@@ -187,19 +193,26 @@ def feature_expr(
     base = base.mutate(**{name: base[name].fill_null(0) for name in distinct})
     base = base.select(*keys, *aggregates)
     base = base.mutate(
-        exchanges_per_active_day=base.n_exchanges.cast("float64") / base.active_days.cast("float64"),
+        exchanges_per_active_day=base.n_exchanges.cast("float64")
+        / base.active_days.cast("float64"),
         ip_churn=base.n_ips.cast("float64") / base.n_exchanges.cast("float64"),
     )
-    timing = gaps.group_by(keys).aggregate(gap_mean=gaps.gap.mean(), gap_std=gaps.gap.std(how="pop"), n_gaps=gaps.gap.count())
+    timing = gaps.group_by(keys).aggregate(
+        gap_mean=gaps.gap.mean(), gap_std=gaps.gap.std(how="pop"), n_gaps=gaps.gap.count()
+    )
     timing = timing.mutate(
         interarrival_cv=ibis.ifelse(
-            (timing.n_gaps >= 2) & (timing.gap_mean > 0), timing.gap_std / timing.gap_mean, ibis.null("float64")
+            (timing.n_gaps >= 2) & (timing.gap_mean > 0),
+            timing.gap_std / timing.gap_mean,
+            ibis.null("float64"),
         )
     ).select(*keys, "interarrival_cv")
 
-    hour_h = _entropy(hours, keys, "hour", "total").mutate(
-        hour_entropy_norm=lambda t: t.entropy / math.log2(24)
-    ).select(*keys, "hour_entropy_norm")
+    hour_h = (
+        _entropy(hours, keys, "hour", "total")
+        .mutate(hour_entropy_norm=lambda t: t.entropy / math.log2(24))
+        .select(*keys, "hour_entropy_norm")
+    )
 
     cs = s.filter(content & s.capability.notnull())
     ctot = cs.group_by(keys).aggregate(total=cs.count())
@@ -218,19 +231,36 @@ def feature_expr(
     ttot = ts_.group_by(keys).aggregate(total=ts_.count())
     tpl = ts_.group_by([*keys, "template_id"]).aggregate(n=ts_.count()).join(ttot, keys)
     tpl_h = _entropy(tpl, keys, "template_id", "total")
-    tpl_h = tpl_h.select(*keys, top_template_id=tpl_h.top_value, top_template_share=tpl_h.top_share, n_templates=tpl_h.n_values)
+    tpl_h = tpl_h.select(
+        *keys,
+        top_template_id=tpl_h.top_value,
+        top_template_share=tpl_h.top_share,
+        n_templates=tpl_h.n_values,
+    )
 
     out = base
     for part in (timing, hour_h, cap_h, tpl_h):
         out = out.left_join(part, keys).drop(*[f"{k}_right" for k in keys])
     if accounts is not None:
-        level = ibis.cases(*((accounts.verification == v, i) for i, v in enumerate(VERIFICATION_LEVELS)), else_=ibis.null("int64"))
-        acc = accounts.select(account_id=accounts.account_id, created_at=accounts.created_at, verification_level=level.cast("int64"))
+        level = ibis.cases(
+            *((accounts.verification == v, i) for i, v in enumerate(VERIFICATION_LEVELS)),
+            else_=ibis.null("int64"),
+        )
+        acc = accounts.select(
+            account_id=accounts.account_id,
+            created_at=accounts.created_at,
+            verification_level=level.cast("int64"),
+        )
         out = out.left_join(acc, "account_id").drop("account_id_right")
-        age = (out.first_ts.epoch_seconds().cast("float64") - out.created_at.epoch_seconds().cast("float64")) / 86400.0
+        age = (
+            out.first_ts.epoch_seconds().cast("float64")
+            - out.created_at.epoch_seconds().cast("float64")
+        ) / 86400.0
         out = out.mutate(account_age_days=age).drop("created_at")
     else:
-        out = out.mutate(account_age_days=ibis.null("float64"), verification_level=ibis.null("int64"))
+        out = out.mutate(
+            account_age_days=ibis.null("float64"), verification_level=ibis.null("int64")
+        )
     # Aliases under the names the scoring configuration uses (scoring.account_signals).
     out = out.mutate(
         capability_top_share=out.top_capability_share,
@@ -242,17 +272,24 @@ def feature_expr(
 
 
 def _run(
-    signals: pa.Table | ds.Dataset, accounts: pa.Table | None, keys: Sequence[str], config: Mapping[str, Any]
+    signals: pa.Table | ds.Dataset,
+    accounts: pa.Table | None,
+    keys: Sequence[str],
+    config: Mapping[str, Any],
 ) -> pa.Table:
     con = connect((config.get("engine") or {}).get("memory_limit"))
     sig = _table(con, signals, "signals")
     acc = None
     if accounts is not None:
-        present = [c for c in ("account_id", "created_at", "verification") if c in accounts.column_names]
+        present = [
+            c for c in ("account_id", "created_at", "verification") if c in accounts.column_names
+        ]
         table = accounts.select(present)
         for name in ("created_at", "verification"):
             if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(table.num_rows, ACCOUNT_SCHEMA.field(name).type))
+                table = table.append_column(
+                    name, pa.nulls(table.num_rows, ACCOUNT_SCHEMA.field(name).type)
+                )
         acc = _table(con, table, "accounts")
     result: pa.Table = con.to_pyarrow(feature_expr(sig, acc, keys, config))  # type: ignore[attr-defined]
     return result

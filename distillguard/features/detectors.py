@@ -43,10 +43,14 @@ def _conform_signals(table: pa.Table) -> pa.Table:
         if f.name not in table.column_names:
             table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
         elif table.schema.field(f.name).type != f.type:
-            table = table.set_column(table.schema.get_field_index(f.name), f.name, table.column(f.name).cast(f.type))
+            table = table.set_column(
+                table.schema.get_field_index(f.name), f.name, table.column(f.name).cast(f.type)
+            )
     if "has_content" in table.column_names and table.column("has_content").null_count:
         table = table.set_column(
-            table.schema.get_field_index("has_content"), "has_content", pc.fill_null(table.column("has_content"), False)
+            table.schema.get_field_index("has_content"),
+            "has_content",
+            pc.fill_null(table.column("has_content"), False),
         )
     return table.select(SIGNAL_SCHEMA.names)
 
@@ -60,12 +64,18 @@ class AccountFeatureDetector:
     #: SQL-free evidence filter: name of a signals column and the threshold it must reach (None: any row).
     evidence_column: ClassVar[str | None] = None
 
-    def __init__(self, config: Mapping[str, Any] | None = None, accounts: pa.Table | None = None) -> None:
+    def __init__(
+        self, config: Mapping[str, Any] | None = None, accounts: pa.Table | None = None
+    ) -> None:
         self.config = config if config is not None else default_config()
         self.accounts = accounts
-        section = ((self.config.get("features") or {}).get("detectors") or {}).get(self.info.id) or {}
+        section = ((self.config.get("features") or {}).get("detectors") or {}).get(
+            self.info.id
+        ) or {}
         if not section:
-            section = ((default_config().get("features") or {}).get("detectors") or {}).get(self.info.id) or {}
+            section = ((default_config().get("features") or {}).get("detectors") or {}).get(
+                self.info.id
+            ) or {}
         self.reference = Reference(**section)
 
     def score(self, table: pa.Table) -> Detections:
@@ -86,7 +96,12 @@ class AccountFeatureDetector:
         else:
             value = np.full(n, np.nan)
         if self.count_column in features.column_names:
-            count = np.asarray(features.column(self.count_column).cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+            count = np.asarray(
+                features.column(self.count_column)
+                .cast(pa.float64())
+                .to_numpy(zero_copy_only=False),
+                dtype=np.float64,
+            )
         else:
             count = np.full(n, np.inf)
         few = count < ref.min_exchanges
@@ -94,19 +109,33 @@ class AccountFeatureDetector:
         with np.errstate(over="ignore", invalid="ignore"):
             score = 1.0 / (1.0 + np.exp(-ref.direction * (value - ref.center) / ref.scale))
         abstain = few | missing
-        reasons = np.where(few, f"abstain: fewer than {ref.min_exchanges} exchanges", "abstain: no data")
+        reasons = np.where(
+            few, f"abstain: fewer than {ref.min_exchanges} exchanges", "abstain: no data"
+        )
         scores = pa.table(
             {
                 "account_id": features.column("account_id"),
                 "score": pa.array(np.where(abstain, np.nan, score), mask=abstain),
                 "value": pa.array(value, mask=missing),
-                "abstain_reason": pa.array([r if a else None for r, a in zip(reasons.tolist(), abstain.tolist(), strict=True)], pa.string()),
+                "abstain_reason": pa.array(
+                    [
+                        r if a else None
+                        for r, a in zip(reasons.tolist(), abstain.tolist(), strict=True)
+                    ],
+                    pa.string(),
+                ),
             }
         )
         evidence: dict[str, dict[str, Any]] = {}
         if signals is not None and n:
             samples = self._samples(signals)
-            for acc, v, s, a in zip(features.column("account_id").to_pylist(), value.tolist(), score.tolist(), abstain.tolist(), strict=True):
+            for acc, v, s, a in zip(
+                features.column("account_id").to_pylist(),
+                value.tolist(),
+                score.tolist(),
+                abstain.tolist(),
+                strict=True,
+            ):
                 if a:
                     continue
                 evidence[acc] = {
@@ -124,12 +153,18 @@ class AccountFeatureDetector:
             t = t.filter(t[self.evidence_column] >= threshold)
         rank = ibis.row_number().over(ibis.window(group_by="account_id", order_by="request_id"))
         picked = t.mutate(r=rank).filter(lambda x: x.r < EVIDENCE_SAMPLE)
-        grouped = picked.group_by("account_id").aggregate(ids=picked.request_id.collect(order_by=picked.request_id))
+        grouped = picked.group_by("account_id").aggregate(
+            ids=picked.request_id.collect(order_by=picked.request_id)
+        )
         out = con.to_pyarrow(grouped)  # type: ignore[attr-defined]
-        return dict(zip(out.column("account_id").to_pylist(), out.column("ids").to_pylist(), strict=True))
+        return dict(
+            zip(out.column("account_id").to_pylist(), out.column("ids").to_pylist(), strict=True)
+        )
 
 
-def _info(id_: str, description: str, falsepositives: tuple[str, ...], runbook: str) -> DetectorInfo:
+def _info(
+    id_: str, description: str, falsepositives: tuple[str, ...], runbook: str
+) -> DetectorInfo:
     return DetectorInfo(id=id_, version="1", level=Level.ACCOUNT, status=Status.EXPERIMENTAL,
                         description=description, falsepositives=falsepositives, runbook=runbook)  # fmt: skip
 
@@ -143,9 +178,12 @@ class CapabilityConcentration(AccountFeatureDetector):
     """
 
     feature = "top_capability_share"
-    info = _info("features.capability_concentration", "share of exchanges in the top capability",
-                 ("coding-agent products", "single-purpose SaaS", "eval labs"),
-                 "Check the top capability and read sampled prompts; compare with the stated use case.")
+    info = _info(
+        "features.capability_concentration",
+        "share of exchanges in the top capability",
+        ("coding-agent products", "single-purpose SaaS", "eval labs"),
+        "Check the top capability and read sampled prompts; compare with the stated use case.",
+    )
 
 
 class ReasoningShare(AccountFeatureDetector):
@@ -158,8 +196,12 @@ class ReasoningShare(AccountFeatureDetector):
 
     feature = "reasoning_share"
     evidence_column = "reasoning_elicitation"
-    info = _info("features.reasoning_share", "share of exchanges eliciting the reasoning trace",
-                 ("eval labs", "tutoring products"), "Read the sampled prompts that elicit reasoning.")
+    info = _info(
+        "features.reasoning_share",
+        "share of exchanges eliciting the reasoning trace",
+        ("eval labs", "tutoring products"),
+        "Read the sampled prompts that elicit reasoning.",
+    )
 
 
 class GraderShare(AccountFeatureDetector):
@@ -171,8 +213,12 @@ class GraderShare(AccountFeatureDetector):
 
     feature = "grader_share"
     evidence_column = "grader_use"
-    info = _info("features.grader_share", "share of exchanges using the model as grader / reward model",
-                 ("eval labs (LLM-as-judge)",), "Read the sampled grading prompts.")
+    info = _info(
+        "features.grader_share",
+        "share of exchanges using the model as grader / reward model",
+        ("eval labs (LLM-as-judge)",),
+        "Read the sampled grading prompts.",
+    )
 
 
 class RewriteShare(AccountFeatureDetector):
@@ -184,8 +230,12 @@ class RewriteShare(AccountFeatureDetector):
 
     feature = "rewrite_share"
     evidence_column = "rewrite_request"
-    info = _info("features.rewrite_share", "share of exchanges requesting safe rewrites of model responses",
-                 ("trust-and-safety tooling",), "Read the sampled rewrite prompts.")
+    info = _info(
+        "features.rewrite_share",
+        "share of exchanges requesting safe rewrites of model responses",
+        ("trust-and-safety tooling",),
+        "Read the sampled rewrite prompts.",
+    )
 
 
 class TemplateConcentration(AccountFeatureDetector):
@@ -198,9 +248,12 @@ class TemplateConcentration(AccountFeatureDetector):
     """
 
     feature = "top_template_share"
-    info = _info("features.template_concentration", "share of exchanges in the top prompt template",
-                 ("SaaS backends", "enterprise batch jobs", "eval labs"),
-                 "Compare sampled prompts; check whether other, unrelated accounts share the template.")
+    info = _info(
+        "features.template_concentration",
+        "share of exchanges in the top prompt template",
+        ("SaaS backends", "enterprise batch jobs", "eval labs"),
+        "Compare sampled prompts; check whether other, unrelated accounts share the template.",
+    )
 
 
 class TokenRatio(AccountFeatureDetector):
@@ -212,8 +265,12 @@ class TokenRatio(AccountFeatureDetector):
 
     feature = "out_in_ratio"
     count_column = "n_exchanges"
-    info = _info("features.token_ratio", "output tokens per input token",
-                 ("writing assistants", "code generation"), "Look at the longest-output exchanges.")
+    info = _info(
+        "features.token_ratio",
+        "output tokens per input token",
+        ("writing assistants", "code generation"),
+        "Look at the longest-output exchanges.",
+    )
 
 
 class TimingRegularity(AccountFeatureDetector):
@@ -225,8 +282,12 @@ class TimingRegularity(AccountFeatureDetector):
 
     feature = "interarrival_cv"
     count_column = "n_exchanges"
-    info = _info("features.timing_regularity", "regular (low-variance) inter-arrival times",
-                 ("cron / batch jobs", "queue-driven SaaS backends"), "Plot the inter-arrival gaps.")
+    info = _info(
+        "features.timing_regularity",
+        "regular (low-variance) inter-arrival times",
+        ("cron / batch jobs", "queue-driven SaaS backends"),
+        "Plot the inter-arrival gaps.",
+    )
 
 
 class RoundTheClock(AccountFeatureDetector):
@@ -238,8 +299,12 @@ class RoundTheClock(AccountFeatureDetector):
 
     feature = "hour_entropy_norm"
     count_column = "n_exchanges"
-    info = _info("features.round_the_clock", "activity spread evenly over 24 hours",
-                 ("global SaaS backends", "overnight agents"), "Look at the hour-of-day histogram.")
+    info = _info(
+        "features.round_the_clock",
+        "activity spread evenly over 24 hours",
+        ("global SaaS backends", "overnight agents"),
+        "Look at the hour-of-day histogram.",
+    )
 
 
 class YoungAccount(AccountFeatureDetector):
@@ -251,8 +316,12 @@ class YoungAccount(AccountFeatureDetector):
 
     feature = "account_age_days"
     count_column = "n_exchanges"
-    info = _info("features.young_account", "short time from sign-up to first use",
-                 ("new customers",), "Check for a sign-up wave around created_at.")
+    info = _info(
+        "features.young_account",
+        "short time from sign-up to first use",
+        ("new customers",),
+        "Check for a sign-up wave around created_at.",
+    )
 
 
 class WeakVerification(AccountFeatureDetector):
@@ -264,8 +333,12 @@ class WeakVerification(AccountFeatureDetector):
 
     feature = "verification_level"
     count_column = "n_exchanges"
-    info = _info("features.weak_verification", "weak identity verification",
-                 ("free-tier hobbyists",), "Check the account's verification record.")
+    info = _info(
+        "features.weak_verification",
+        "weak identity verification",
+        ("free-tier hobbyists",),
+        "Check the account's verification record.",
+    )
 
 
 class IPChurn(AccountFeatureDetector):
@@ -277,8 +350,12 @@ class IPChurn(AccountFeatureDetector):
 
     feature = "ip_churn"
     count_column = "n_exchanges"
-    info = _info("features.ip_churn", "distinct client IPs per exchange",
-                 ("mobile users", "VPN users"), "List the account's IPs, prefixes and network kinds.")
+    info = _info(
+        "features.ip_churn",
+        "distinct client IPs per exchange",
+        ("mobile users", "VPN users"),
+        "List the account's IPs, prefixes and network kinds.",
+    )
 
 
 class AnonymisingNetworks(AccountFeatureDetector):
@@ -290,8 +367,12 @@ class AnonymisingNetworks(AccountFeatureDetector):
 
     feature = "share_anonymising"
     count_column = "n_exchanges"
-    info = _info("features.anonymising_networks", "share of exchanges via VPN / proxy / Tor",
-                 ("VPN users", "corporate VPNs"), "List the networks and other accounts using them.")
+    info = _info(
+        "features.anonymising_networks",
+        "share of exchanges via VPN / proxy / Tor",
+        ("VPN users", "corporate VPNs"),
+        "List the networks and other accounts using them.",
+    )
 
 
 #: Every account-level detector, by id; the conformance suite iterates this.

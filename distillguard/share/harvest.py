@@ -59,7 +59,9 @@ class ShareOptions:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"share.min_confidence must be in [0, 1], got {self.min_confidence}")
         if self.max_benign_accounts < 0 or not 0.0 <= self.max_benign_share <= 1.0:
-            raise ConfigError("share.max_benign_accounts must be >= 0 and share.max_benign_share in [0, 1]")
+            raise ConfigError(
+                "share.max_benign_accounts must be >= 0 and share.max_benign_share in [0, 1]"
+            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> ShareOptions:
@@ -104,12 +106,16 @@ class Harvest:
     """Shareable values per kind (raw; keyed later) and what the benign veto removed."""
 
     campaigns: tuple[Campaign, ...]
-    values: pl.DataFrame  # kind, value, campaign_ids, member_accounts, member_exchanges, benign_*, first/last_ts
+    values: (
+        pl.DataFrame
+    )  # kind, value, campaign_ids, member_accounts, member_exchanges, benign_*, first/last_ts
     sketches: tuple[SharedSketch, ...]
     vetoed: dict[str, int]
 
 
-def _parse_ts(value: Any, name: str, row: int, column: str, problems: list[Problem]) -> datetime | None:
+def _parse_ts(
+    value: Any, name: str, row: int, column: str, problems: list[Problem]
+) -> datetime | None:
     if value is None:
         return None
     try:
@@ -128,7 +134,9 @@ def read_campaigns(path: Path) -> list[Campaign]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise InvalidInputError([Problem(name, None, None, f"cannot read: {exc.strerror}")]) from exc
+        raise InvalidInputError(
+            [Problem(name, None, None, f"cannot read: {exc.strerror}")]
+        ) from exc
     except json.JSONDecodeError as exc:
         raise InvalidInputError([Problem(name, exc.lineno, None, f"not JSON: {exc.msg}")]) from exc
     items = doc.get("campaigns") if isinstance(doc, dict) else doc
@@ -147,8 +155,14 @@ def read_campaigns(path: Path) -> list[Campaign]:
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             problems.append(Problem(name, row, "members", "must be a list of account ids"))
             members = []
-        if not isinstance(conf, int | float) or isinstance(conf, bool) or not 0.0 <= float(conf) <= 1.0:
-            problems.append(Problem(name, row, "confidence", f"must be a number in [0, 1], got {conf!r}"))
+        if (
+            not isinstance(conf, int | float)
+            or isinstance(conf, bool)
+            or not 0.0 <= float(conf) <= 1.0
+        ):
+            problems.append(
+                Problem(name, row, "confidence", f"must be a number in [0, 1], got {conf!r}")
+            )
             conf = 0.0
         caps_raw = c.get("capability_targets") or []
         caps: list[str] = []
@@ -175,7 +189,9 @@ def read_campaigns(path: Path) -> list[Campaign]:
     return out
 
 
-def _batches(log: Log, members: pa.Array, inside: bool, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _batches(
+    log: Log, members: pa.Array, inside: bool, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
     flt = pc.field("account_id").isin(members)
     scanner = log.exchanges.scanner(
         columns=[c for c in _COLUMNS if c in log.exchanges.schema.names],
@@ -225,7 +241,11 @@ def _template_rows(batch: pa.RecordBatch, index: TemplateIndex, keep_prompt: boo
             "valid": pl.Series(valid),
         }
     ).filter(pl.col("valid"))
-    aggs = [pl.len().alias("n"), pl.col("ts").min().alias("first_ts"), pl.col("ts").max().alias("last_ts")]
+    aggs = [
+        pl.len().alias("n"),
+        pl.col("ts").min().alias("first_ts"),
+        pl.col("ts").max().alias("last_ts"),
+    ]
     if keep_prompt:
         aggs.append(pl.col("prompt").first().alias("sample"))
     return frame.group_by(["template_id", "scaffold", "account_id"]).agg(aggs)
@@ -253,7 +273,9 @@ def harvest(log: Log, campaigns: list[Campaign], options: ShareOptions) -> Harve
                 continue
             long_parts.append(_long_rows(batch, log.ip_intel))
             if has_prompt:
-                (tpl_member if inside else tpl_benign).append(_template_rows(batch, index, keep_prompt=inside))
+                (tpl_member if inside else tpl_benign).append(
+                    _template_rows(batch, index, keep_prompt=inside)
+                )
     long_parts.append(_account_rows(log.accounts))
     allrows = pl.concat(long_parts, how="vertical_relaxed") if long_parts else pl.DataFrame()
     values, vetoed = _decide(allrows, member_map, options)
@@ -266,12 +288,15 @@ def _account_rows(accounts: pa.Table) -> pl.DataFrame:
     frame = pl.from_arrow(accounts)
     assert isinstance(frame, pl.DataFrame)
     parts = []
-    for kind, col in (("payment", "payment_fingerprint"), ("email_domain", "email_domain"), ("email", "email")):
+    for kind, col in (
+        ("payment", "payment_fingerprint"),
+        ("email_domain", "email_domain"),
+        ("email", "email"),
+    ):
         if col not in frame.columns:
             continue
         parts.append(
-            frame.filter(pl.col(col).is_not_null() & (pl.col(col) != ""))
-            .select(
+            frame.filter(pl.col(col).is_not_null() & (pl.col(col) != "")).select(
                 "account_id",
                 value=pl.col(col).cast(pl.String),
                 n=pl.lit(1, dtype=pl.UInt32),
@@ -297,7 +322,9 @@ def _stats(rows: pl.DataFrame, member_map: pl.DataFrame, keys: list[str]) -> pl.
     )
 
 
-def _veto(stats: pl.DataFrame, options: ShareOptions, min_members: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _veto(
+    stats: pl.DataFrame, options: ShareOptions, min_members: pl.Expr
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     used = stats.filter(pl.col("member_accounts") >= 1)
     total = (pl.col("member_exchanges") + pl.col("benign_exchanges")).cast(pl.Float64)
     benign_ok = (pl.col("benign_accounts") <= options.max_benign_accounts) & (
@@ -308,12 +335,17 @@ def _veto(stats: pl.DataFrame, options: ShareOptions, min_members: pl.Expr) -> t
     return keep, vetoed
 
 
-def _decide(rows: pl.DataFrame, member_map: pl.DataFrame, options: ShareOptions) -> tuple[pl.DataFrame, dict[str, int]]:
+def _decide(
+    rows: pl.DataFrame, member_map: pl.DataFrame, options: ShareOptions
+) -> tuple[pl.DataFrame, dict[str, int]]:
     if rows.height == 0 or member_map.height == 0:
         return pl.DataFrame(), {}
     stats = _stats(rows, member_map, ["kind", "value"])
     mins = pl.DataFrame(
-        {"kind": list(options.min_member_accounts), "min_members": list(options.min_member_accounts.values())}
+        {
+            "kind": list(options.min_member_accounts),
+            "min_members": list(options.min_member_accounts.values()),
+        }
     )
     stats = stats.join(mins, on="kind", how="left").with_columns(pl.col("min_members").fill_null(2))
     keep, vetoed = _veto(stats, options, pl.col("min_members"))
@@ -326,7 +358,10 @@ def _decide(rows: pl.DataFrame, member_map: pl.DataFrame, options: ShareOptions)
         keep = keep.join(inside.select("kind", "value"), on=["kind", "value"], how="anti")
         vetoed = pl.concat([vetoed, inside], how="vertical_relaxed")
     keep = (
-        keep.sort(["kind", "member_accounts", "member_exchanges", "value"], descending=[False, True, True, False])
+        keep.sort(
+            ["kind", "member_accounts", "member_exchanges", "value"],
+            descending=[False, True, True, False],
+        )
         .group_by("kind", maintain_order=True)
         .head(options.max_per_kind)
         .drop("min_members")
@@ -345,13 +380,19 @@ def _decide_templates(
     if not member_parts:
         return (), 0
     mem = pl.concat(member_parts, how="vertical_relaxed")
-    ben = pl.concat(benign_parts, how="vertical_relaxed") if benign_parts else mem.clear().drop("sample")
-    rows = pl.concat([mem.drop("sample"), ben], how="vertical_relaxed").rename({"template_id": "value"})
+    ben = (
+        pl.concat(benign_parts, how="vertical_relaxed")
+        if benign_parts
+        else mem.clear().drop("sample")
+    )
+    rows = pl.concat([mem.drop("sample"), ben], how="vertical_relaxed").rename(
+        {"template_id": "value"}
+    )
     stats = _stats(rows, member_map, ["value"])
     keep, vetoed = _veto(stats, options, pl.lit(options.min_member_accounts.get("template", 2)))
-    keep = keep.sort(["member_accounts", "member_exchanges", "value"], descending=[True, True, False]).head(
-        options.max_per_kind
-    )
+    keep = keep.sort(
+        ["member_accounts", "member_exchanges", "value"], descending=[True, True, False]
+    ).head(options.max_per_kind)
     reps = (
         mem.join(keep.select(template_id="value"), on="template_id")
         .group_by(["template_id", "scaffold"])

@@ -40,7 +40,9 @@ from distillguard.share.stix import (
 
 _PREFIX = re.compile(r"^\[ipv[46]-addr:value ISSUBSET '([0-9a-fA-F:.]+/\d+)'\]$")
 _ASN = re.compile(r"^\[autonomous-system:number = (\d+)\]$")
-_UA = re.compile(r"^\[network-traffic:extensions\.'http-request-ext'\.request_header\.'User-Agent' = '((?:[^'\\]|\\.)*)'\]$")
+_UA = re.compile(
+    r"^\[network-traffic:extensions\.'http-request-ext'\.request_header\.'User-Agent' = '((?:[^'\\]|\\.)*)'\]$"
+)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _OBJECTIVE = "distil model capabilities: "
 DEFAULT_CONFIDENCE = 50  # a peer that states no confidence is taken as "unknown"
@@ -75,7 +77,9 @@ def read_bundle_bytes(path: Path, limits: ImportLimits) -> bytes:
             )  # fmt: skip
         return path.read_bytes()
     except OSError as exc:
-        raise InvalidInputError([Problem(str(path), None, None, f"cannot read: {exc.strerror}")]) from exc
+        raise InvalidInputError(
+            [Problem(str(path), None, None, f"cannot read: {exc.strerror}")]
+        ) from exc
 
 
 def _ts(value: Any) -> datetime | None:
@@ -90,26 +94,71 @@ def parse_bundle(data: bytes, source: str, limits: ImportLimits | None = None) -
     lim = limits or ImportLimits()
     if len(data) > lim.max_bytes:
         raise InvalidInputError(
-            [Problem(source, None, None, f"bundle is {len(data)} bytes, above the import limit of {lim.max_bytes} bytes")]
+            [
+                Problem(
+                    source,
+                    None,
+                    None,
+                    f"bundle is {len(data)} bytes, above the import limit of {lim.max_bytes} bytes",
+                )
+            ]
         )
     try:
         doc = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise InvalidInputError([Problem(source, None, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
+        raise InvalidInputError(
+            [Problem(source, None, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        ) from exc
     except json.JSONDecodeError as exc:
         raise InvalidInputError(
-            [Problem(source, exc.lineno, None, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")]
+            [
+                Problem(
+                    source,
+                    exc.lineno,
+                    None,
+                    f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                )
+            ]
         ) from exc
-    if not isinstance(doc, dict) or doc.get("type") != "bundle" or not isinstance(doc.get("objects"), list):
-        raise InvalidInputError([Problem(source, None, "type", 'expected a STIX bundle: {"type": "bundle", "objects": [...]}')])
+    if (
+        not isinstance(doc, dict)
+        or doc.get("type") != "bundle"
+        or not isinstance(doc.get("objects"), list)
+    ):
+        raise InvalidInputError(
+            [
+                Problem(
+                    source,
+                    None,
+                    "type",
+                    'expected a STIX bundle: {"type": "bundle", "objects": [...]}',
+                )
+            ]
+        )
     objs = doc["objects"]
     if len(objs) > lim.max_objects:
         raise InvalidInputError(
-            [Problem(source, None, "objects", f"bundle has {len(objs)} objects, above the import limit of {lim.max_objects}")]
+            [
+                Problem(
+                    source,
+                    None,
+                    "objects",
+                    f"bundle has {len(objs)} objects, above the import limit of {lim.max_objects}",
+                )
+            ]
         )
-    bad_shape = [i for i, o in enumerate(objs, start=1) if not isinstance(o, dict) or not isinstance(o.get("id"), str)]
+    bad_shape = [
+        i
+        for i, o in enumerate(objs, start=1)
+        if not isinstance(o, dict) or not isinstance(o.get("id"), str)
+    ]
     if bad_shape:
-        raise InvalidInputError([Problem(source, i, "id", "object is not a JSON object with a string id") for i in bad_shape[:20]])
+        raise InvalidInputError(
+            [
+                Problem(source, i, "id", "object is not a JSON object with a string id")
+                for i in bad_shape[:20]
+            ]
+        )
     errors, _ = validation_messages(doc)
     if errors:
         position = {o["id"]: i for i, o in enumerate(objs, start=1)}
@@ -117,7 +166,14 @@ def parse_bundle(data: bytes, source: str, limits: ImportLimits | None = None) -
         for e in errors:
             oid, _, msg = e.partition(": ")
             prop = re.match(r"^'?([a-z_][a-z0-9_]*)'?[: ]", msg)
-            problems.append(Problem(source, position.get(oid), prop.group(1) if prop else None, f"STIX 2.1: {msg or e}"))
+            problems.append(
+                Problem(
+                    source,
+                    position.get(oid),
+                    prop.group(1) if prop else None,
+                    f"STIX 2.1: {msg or e}",
+                )
+            )
         raise InvalidInputError(problems)
     return doc
 
@@ -182,11 +238,27 @@ def bundle_rows(
                 skipped["unsupported_pattern"] += 1
         elif t == KEYED_TYPE:
             if o.get("algorithm") != HMAC_ALGORITHM:
-                problems.append(Problem(source, pos, "algorithm", f"must be {HMAC_ALGORITHM!r}, got {o.get('algorithm')!r}"))
+                problems.append(
+                    Problem(
+                        source,
+                        pos,
+                        "algorithm",
+                        f"must be {HMAC_ALGORITHM!r}, got {o.get('algorithm')!r}",
+                    )
+                )
                 continue
             digests = o.get("digests")
-            if not isinstance(digests, list) or not all(isinstance(d, str) and _HEX64.match(d) for d in digests):
-                problems.append(Problem(source, pos, "digests", "must be a list of 64 lowercase hex digits (HMAC-SHA256)"))
+            if not isinstance(digests, list) or not all(
+                isinstance(d, str) and _HEX64.match(d) for d in digests
+            ):
+                problems.append(
+                    Problem(
+                        source,
+                        pos,
+                        "digests",
+                        "must be a list of 64 lowercase hex digits (HMAC-SHA256)",
+                    )
+                )
                 continue
             key_id = str(o.get("key_id", ""))
             if key is not None and key_id != key.key_id:
@@ -198,7 +270,9 @@ def bundle_rows(
                 params = SketchParams.from_mapping(o)
                 sketch = TemplateSketch.from_hex(params, o.get("band_keys"))  # type: ignore[arg-type]
             except (ConfigError, TypeError) as exc:
-                problems.append(Problem(source, pos, "band_keys" if "band" in str(exc) else "params", str(exc)))
+                problems.append(
+                    Problem(source, pos, "band_keys" if "band" in str(exc) else "params", str(exc))
+                )
                 continue
             add(o, "template", "", band_keys=sketch.hex_keys(), params=params.id)
     if problems:
@@ -210,7 +284,11 @@ def bundle_rows(
 def _capabilities(campaign: dict[str, Any]) -> list[str]:
     objective = str(campaign.get("objective", ""))
     if objective.startswith(_OBJECTIVE):
-        return [c.strip() for c in objective[len(_OBJECTIVE):].split(",") if c.strip() and c.strip() != "unknown"]
+        return [
+            c.strip()
+            for c in objective[len(_OBJECTIVE) :].split(",")
+            if c.strip() and c.strip() != "unknown"
+        ]
     return []
 
 

@@ -48,7 +48,9 @@ class SketchParams:
 
     def __post_init__(self) -> None:
         if self.algorithm != ALGORITHM:
-            raise ConfigError(f"unknown sketch algorithm {self.algorithm!r}; this build makes {ALGORITHM!r}")
+            raise ConfigError(
+                f"unknown sketch algorithm {self.algorithm!r}; this build makes {ALGORITHM!r}"
+            )
         if self.seed != MINHASH_SEED:
             raise ConfigError(
                 f"sketch seed {self.seed} differs from the signals stage's MinHash seed {MINHASH_SEED}; "
@@ -105,7 +107,9 @@ class TemplateSketch:
 
     def __post_init__(self) -> None:
         if len(self.keys) != self.params.bands:
-            raise ConfigError(f"sketch has {len(self.keys)} band keys; its parameters say bands={self.params.bands}")
+            raise ConfigError(
+                f"sketch has {len(self.keys)} band keys; its parameters say bands={self.params.bands}"
+            )
 
     def hex_keys(self) -> list[str]:
         return [f"{k:016x}" for k in self.keys]
@@ -127,7 +131,9 @@ class TemplateSketch:
     def band_agreement(self, other: TemplateSketch) -> float:
         """Share of equal bands (0–1)."""
         self._check(other)
-        return float(np.mean(np.array(self.keys, dtype=np.uint64) == np.array(other.keys, dtype=np.uint64)))
+        return float(
+            np.mean(np.array(self.keys, dtype=np.uint64) == np.array(other.keys, dtype=np.uint64))
+        )
 
     def jaccard(self, other: TemplateSketch) -> float:
         """Estimated Jaccard similarity of the two scaffolds' shingle sets."""
@@ -138,7 +144,9 @@ class TemplateSketch:
         return self.band_agreement(other) > 0.0
 
 
-def sketch_prompts(prompts: list[str] | pl.Series, params: SketchParams | None = None) -> list[TemplateSketch | None]:
+def sketch_prompts(
+    prompts: list[str] | pl.Series, params: SketchParams | None = None
+) -> list[TemplateSketch | None]:
     """A sketch per prompt (``None`` where the masked prompt leaves no scaffold words)."""
     p = params or SketchParams()
     series = prompts if isinstance(prompts, pl.Series) else pl.Series("p", prompts, dtype=pl.String)

@@ -94,7 +94,10 @@ class TemplateSketchObject:
     KEYED_TYPE,
     [
         *_COMMON,
-        ("identifier_type", properties.EnumProperty(["ip", "payment", "email", "email_domain"], required=True)),
+        (
+            "identifier_type",
+            properties.EnumProperty(["ip", "payment", "email", "email_domain"], required=True),
+        ),
         ("algorithm", properties.StringProperty(required=True)),
         ("key_id", properties.StringProperty(required=True)),
         ("digests", properties.ListProperty(properties.StringProperty, required=True)),
@@ -110,7 +113,11 @@ def _make(cls: Any, **kwargs: Any) -> Any:
 
 
 def _sid(key: GroupKey, stix_type: str, *parts: str) -> str:
-    mac = hmac.new(key.secret, ("stix-id\x00" + stix_type + "\x00" + "\x00".join(parts)).encode(), hashlib.sha256)
+    mac = hmac.new(
+        key.secret,
+        ("stix-id\x00" + stix_type + "\x00" + "\x00".join(parts)).encode(),
+        hashlib.sha256,
+    )
     return f"{stix_type}--{uuid.UUID(bytes=mac.digest()[:16], version=4)}"
 
 
@@ -133,7 +140,9 @@ def pattern_for(kind: str, value: str) -> str:
 _KIND_TEXT = {"ip_prefix": "network prefix", "asn": "autonomous system", "user_agent": "user agent"}
 
 
-def _validity(first: datetime | None, last: datetime | None, created: datetime, days: int) -> tuple[datetime, datetime]:
+def _validity(
+    first: datetime | None, last: datetime | None, created: datetime, days: int
+) -> tuple[datetime, datetime]:
     start = first or created
     end = (last or start) + timedelta(days=days)
     return start, max(end, start + timedelta(seconds=1))

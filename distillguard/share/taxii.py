@@ -39,7 +39,9 @@ def _error(url: str, exc: Exception) -> DistillguardError:
         code = exc.response.status_code
         if code in (401, 403):
             return DistillguardError(f"TAXII server at {url} refused the credentials (HTTP {code})")
-        return DistillguardError(f"TAXII server at {url} answered HTTP {code}: {exc.response.text[:200]}")
+        return DistillguardError(
+            f"TAXII server at {url} answered HTTP {code}: {exc.response.text[:200]}"
+        )
     if isinstance(exc, requests.ConnectionError):
         return DistillguardError(f"cannot reach TAXII server at {url}: connection failed")
     return DistillguardError(f"TAXII request to {url} failed: {exc}")
@@ -64,7 +66,9 @@ def publish(doc: dict[str, Any], target: TaxiiTarget, timeout: int = 30) -> Publ
         # The extension definition is fixed and documented, so peers need not fetch it; medallion
         # 3.0 also misreads its ``version`` property as a timestamp and then fails every poll.
         objects = [o for o in doc["objects"] if o.get("type") != "extension-definition"]
-        status = coll.add_objects(json.dumps({"objects": objects}), timeout=timeout, poll_interval=1)
+        status = coll.add_objects(
+            json.dumps({"objects": objects}), timeout=timeout, poll_interval=1
+        )
     except (requests.RequestException, TAXIIServiceException) as exc:
         raise _error(target.url, exc) from exc
     return PublishStatus(str(status.status), int(status.success_count), int(status.failure_count),
@@ -87,5 +91,9 @@ def poll(target: TaxiiTarget, added_after: datetime | None = None, per_request: 
         raise _error(target.url, exc) from exc
     objects.sort(key=lambda o: (str(o.get("id")), str(o.get("modified", ""))))
     # A collection is not a bundle; wrap it so polled and file imports share one validation path.
-    doc = {"type": "bundle", "id": "bundle--00000000-0000-4000-8000-000000000000", "objects": objects}
+    doc = {
+        "type": "bundle",
+        "id": "bundle--00000000-0000-4000-8000-000000000000",
+        "objects": objects,
+    }
     return json.dumps(doc, sort_keys=True).encode("utf-8")

@@ -76,7 +76,11 @@ class HashedNgrams(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def transform(self, texts: Any) -> csr_matrix:
-        series = texts if isinstance(texts, pl.Series) else pl.Series(values=list(texts), dtype=pl.String)
+        series = (
+            texts
+            if isinstance(texts, pl.Series)
+            else pl.Series(values=list(texts), dtype=pl.String)
+        )
         n = len(series)
         cleaned = (
             series.cast(pl.String).fill_null("").str.slice(0, self.max_chars).str.to_lowercase()
@@ -125,7 +129,9 @@ class CapabilityModel:
     def predict(self, texts: pl.Series) -> tuple[pl.Series, np.ndarray]:
         """``(capability, confidence)`` per text; nulls / empty texts get a null label and NaN."""
         clipped = texts.cast(pl.String).str.slice(0, MAX_CHARS)
-        present = (clipped.is_not_null() & (clipped.str.strip_chars().str.len_chars() > 0)).to_numpy()
+        present = (
+            clipped.is_not_null() & (clipped.str.strip_chars().str.len_chars() > 0)
+        ).to_numpy()
         labels = np.full(len(texts), None, dtype=object)
         conf = np.full(len(texts), np.nan)
         if present.any():
@@ -138,7 +144,9 @@ class CapabilityModel:
                 {"t": uniq, "label": pl.Series(classes[best].tolist(), dtype=pl.String),
                  "conf": proba[np.arange(len(uniq)), best]}
             )  # fmt: skip
-            joined = pl.DataFrame({"t": clipped}).join(lookup, on="t", how="left", maintain_order="left")
+            joined = pl.DataFrame({"t": clipped}).join(
+                lookup, on="t", how="left", maintain_order="left"
+            )
             labels = np.where(present, joined["label"].to_numpy(), np.array(None, dtype=object))
             conf = np.where(present, joined["conf"].to_numpy(), np.nan)
         return pl.Series("capability", labels.tolist(), dtype=pl.String), conf.astype(np.float64)
@@ -202,7 +210,9 @@ def training_data(corpus: pa.Table) -> tuple[list[str], list[str], list[str], li
 
 def corpus_digest(cache: Path | None = None) -> str:
     """SHA-256 over the corpora files, the bank and :data:`CODE_VERSION`."""
-    h = hashlib.sha256(f"{CODE_VERSION}|polars {pl.__version__}|sklearn {sklearn.__version__}".encode())
+    h = hashlib.sha256(
+        f"{CODE_VERSION}|polars {pl.__version__}|sklearn {sklearn.__version__}".encode()
+    )
     root = corpora.corpora_dir(cache)
     for name in sorted(corpora.CORPORA):
         h.update((root / f"{name}.parquet").read_bytes())

@@ -95,7 +95,16 @@ SIGNAL_SCHEMA: Final = pa.schema(
     ]
 )
 
-_NEEDED: Final = ("request_id", "account_id", "ts", "model", "client_ip", "prompt", "input_tokens", "output_tokens")
+_NEEDED: Final = (
+    "request_id",
+    "account_id",
+    "ts",
+    "model",
+    "client_ip",
+    "prompt",
+    "input_tokens",
+    "output_tokens",
+)
 
 
 class LogLike(Protocol):
@@ -134,7 +143,9 @@ def _prompt_content(prompts: pl.Series) -> pl.DataFrame:
     clipped = pl.when(full.str.len_chars() > 2000).then(
         full.str.slice(0, 1500) + pl.lit("\n") + full.str.slice(-500)).otherwise(full)  # fmt: skip
     has = full.is_not_null() & (full.str.strip_chars().str.len_chars() > 0)
-    frame = pl.DataFrame({"prompt": prompts}).with_columns(lowered=clipped.str.to_lowercase(), has_content=has)
+    frame = pl.DataFrame({"prompt": prompts}).with_columns(
+        lowered=clipped.str.to_lowercase(), has_content=has
+    )
     lowered, has_col = pl.col("lowered"), pl.col("has_content")
     return frame.select(
         has_content=has_col,
@@ -149,11 +160,15 @@ def _row_content(table: pa.Table, prompt_content: pl.DataFrame) -> pl.DataFrame:
     frame = pl.from_arrow(table.select(["thinking", "input_tokens", "output_tokens"]))
     assert isinstance(frame, pl.DataFrame)
     frame = frame.hstack(prompt_content)
-    ratio = pl.col("output_tokens").cast(pl.Float64) / pl.col("input_tokens").cast(pl.Float64).clip(1.0, None)
+    ratio = pl.col("output_tokens").cast(pl.Float64) / pl.col("input_tokens").cast(pl.Float64).clip(
+        1.0, None
+    )
     has_col = pl.col("has_content")
     return frame.select(
         has_content=has_col,
-        reasoning_elicitation=reasoning_from_phrases(pl.col("reasoning_phrases"), pl.col("thinking"), ratio, has_col),
+        reasoning_elicitation=reasoning_from_phrases(
+            pl.col("reasoning_phrases"), pl.col("thinking"), ratio, has_col
+        ),
         grader_use=pl.col("grader_use"),
         rewrite_request=pl.col("rewrite_request"),
     )
@@ -203,8 +218,12 @@ class PromptSignals:
         if self._cache is None:
             table = self._compute(prompts)
         else:
-            missing = keyed.join(self._cache.select("prompt"), on="prompt", how="anti", nulls_equal=True)["prompt"]
-            table = pl.concat([self._cache, self._compute(missing)]) if len(missing) else self._cache
+            missing = keyed.join(
+                self._cache.select("prompt"), on="prompt", how="anti", nulls_equal=True
+            )["prompt"]
+            table = (
+                pl.concat([self._cache, self._compute(missing)]) if len(missing) else self._cache
+            )
         kept = table.tail(self.limit)
         newest_bytes = kept["prompt"].str.len_bytes().fill_null(0).reverse().cum_sum().reverse()
         self._cache = kept.filter(newest_bytes <= self.max_bytes)
@@ -235,11 +254,20 @@ def exchange_signals(
     per = cache.lookup(uniq)
     weights = np.bincount(rows, minlength=len(uniq)).astype(np.float64)
     tid, shash, valid = index.assign_fingerprints(
-        per["full_hash"].to_numpy(), per["scaffold_hash"].to_numpy(), per["band_keys"].to_numpy(), weights
+        per["full_hash"].to_numpy(),
+        per["scaffold_hash"].to_numpy(),
+        per["band_keys"].to_numpy(),
+        weights,
     )
     gather = pl.Series(rows)
-    content = _row_content(t, per.select("has_content", "reasoning_phrases", "grader_use", "rewrite_request")[gather])
-    net = addresses(t.column("client_ip")) if addresses is not None else network_context(t.column("client_ip"), intel)
+    content = _row_content(
+        t, per.select("has_content", "reasoning_phrases", "grader_use", "rewrite_request")[gather]
+    )
+    net = (
+        addresses(t.column("client_ip"))
+        if addresses is not None
+        else network_context(t.column("client_ip"), intel)
+    )
     has = content["has_content"].to_numpy()
     conf = per["capability_conf"].to_numpy()[rows]
     tid, shash, valid = tid[rows], shash[rows], valid[rows]
@@ -264,7 +292,9 @@ def exchange_signals(
         scaffold_hash=pa.array(shash, type=pa.uint64(), mask=~valid),
         has_content=pa.array(has, type=pa.bool_()),
     )
-    return pa.table({f.name: columns[f.name].cast(f.type) for f in SIGNAL_SCHEMA}, schema=SIGNAL_SCHEMA)
+    return pa.table(
+        {f.name: columns[f.name].cast(f.type) for f in SIGNAL_SCHEMA}, schema=SIGNAL_SCHEMA
+    )
 
 
 def _batches(dataset: ds.Dataset, rows: int) -> Iterator[pa.Table]:
@@ -301,7 +331,9 @@ def compute_exchange_signals(
         for old in out_dir.glob("part-*.parquet"):
             old.unlink()
     parts: list[pa.Table] = []
-    columns = [c for c in dataset.schema.names if c in {*_NEEDED, *(f.name for f in EXCHANGE_OPTIONAL)}]
+    columns = [
+        c for c in dataset.schema.names if c in {*_NEEDED, *(f.name for f in EXCHANGE_OPTIONAL)}
+    ]
     # Parts are written on a second thread while the next batch computes (Parquet encoding and zstd
     # release the GIL; medium seed 7: 9.4 / 7.5 s -> 6.6 / 5.6 s for the stage); one part pending at most.
     pending: Future[None] | None = None
@@ -315,7 +347,11 @@ def compute_exchange_signals(
         task = progress.add_task("signals", total=total)
         for i, batch in enumerate(_batches(dataset, rows)):
             signals = exchange_signals(
-                batch.select(columns), model=model, index=index, intel=log.ip_intel, prompts=prompt_signals,
+                batch.select(columns),
+                model=model,
+                index=index,
+                intel=log.ip_intel,
+                prompts=prompt_signals,
                 addresses=addresses,
             )
             if out_dir is not None:
@@ -335,8 +371,16 @@ def compute_exchange_signals(
 # --------------------------------------------------------------------------- detectors
 
 
-def _scores(table: pa.Table, score: pa.Array, value: pa.Array, reason: str, extra: Mapping[str, pa.Array] | None = None) -> pa.Table:
-    abstain = pc.if_else(score.is_null(), pa.scalar(reason, pa.string()), pa.scalar(None, pa.string()))
+def _scores(
+    table: pa.Table,
+    score: pa.Array,
+    value: pa.Array,
+    reason: str,
+    extra: Mapping[str, pa.Array] | None = None,
+) -> pa.Table:
+    abstain = pc.if_else(
+        score.is_null(), pa.scalar(reason, pa.string()), pa.scalar(None, pa.string())
+    )
     cols: dict[str, Any] = {"request_id": table.column("request_id"), "score": score.cast(pa.float64()),
                             "value": value.cast(pa.float64()), "abstain_reason": abstain}  # fmt: skip
     cols.update(extra or {})
@@ -428,7 +472,9 @@ class CapabilityDetector:
         t = conform(table)
         label, conf = load_model().predict(pl.Series(values=t.column("prompt")).cast(pl.String))
         score = pa.array(conf, mask=np.isnan(conf))
-        return Detections(self.info, _scores(t, score, score, NO_CONTENT, {"label": label.to_arrow()}))
+        return Detections(
+            self.info, _scores(t, score, score, NO_CONTENT, {"label": label.to_arrow()})
+        )
 
 
 class TemplateFingerprintDetector:
@@ -453,15 +499,22 @@ class TemplateFingerprintDetector:
 
     def score(self, table: pa.Table) -> Detections:
         t = conform(table)
-        tid, _, valid = TemplateIndex(self.params).assign(pl.Series(values=t.column("prompt")).cast(pl.String))
-        frame = pl.DataFrame({"request_id": pl.Series(values=t.column("request_id")), "tid": tid, "valid": valid})
+        tid, _, valid = TemplateIndex(self.params).assign(
+            pl.Series(values=t.column("prompt")).cast(pl.String)
+        )
+        frame = pl.DataFrame(
+            {"request_id": pl.Series(values=t.column("request_id")), "tid": tid, "valid": valid}
+        )
         sizes = frame.with_columns(size=pl.len().over("tid"))["size"].to_numpy().astype(np.float64)
         size = np.where(valid, sizes, np.nan)
         score = pa.array(1.0 - 1.0 / size, mask=~valid)
         shared = (
             frame.filter(pl.col("valid"))
             .group_by("tid")
-            .agg(pl.col("request_id").sort().head(EVIDENCE_SAMPLE).alias("sample"), pl.len().alias("n"))
+            .agg(
+                pl.col("request_id").sort().head(EVIDENCE_SAMPLE).alias("sample"),
+                pl.len().alias("n"),
+            )
             .filter(pl.col("n") > 1)
         )
         evidence = {
@@ -470,7 +523,9 @@ class TemplateFingerprintDetector:
             for row in shared.iter_rows(named=True)
         }  # fmt: skip
         extra = {"template_id": pa.array(tid, type=pa.uint64(), mask=~valid)}
-        return Detections(self.info, _scores(t, score, pa.array(size, mask=~valid), NO_CONTENT, extra), evidence)
+        return Detections(
+            self.info, _scores(t, score, pa.array(size, mask=~valid), NO_CONTENT, extra), evidence
+        )
 
 
 #: Prior risk of a network kind for extraction traffic; unknown kinds abstain.
@@ -503,6 +558,8 @@ class NetworkKindDetector:
         t = conform(table)
         net = network_context(t.column("client_ip"), self.intel)
         kinds = pl.Series(values=net.column("network_kind"))
-        risk = kinds.replace_strict(dict(KIND_RISK), default=None, return_dtype=pl.Float64).to_arrow()
+        risk = kinds.replace_strict(
+            dict(KIND_RISK), default=None, return_dtype=pl.Float64
+        ).to_arrow()
         extra = {"network_kind": net.column("network_kind"), "ip_prefix": net.column("ip_prefix")}
         return Detections(self.info, _scores(t, risk, risk, NO_INTEL, extra))

@@ -84,12 +84,18 @@ class AddressContext:
         if self._cache is None:
             table = self._compute(keyed["ip"])
         else:
-            missing = keyed.join(self._cache.select("ip"), on="ip", how="anti", nulls_equal=True)["ip"]
-            table = pl.concat([self._cache, self._compute(missing)]) if len(missing) else self._cache
+            missing = keyed.join(self._cache.select("ip"), on="ip", how="anti", nulls_equal=True)[
+                "ip"
+            ]
+            table = (
+                pl.concat([self._cache, self._compute(missing)]) if len(missing) else self._cache
+            )
         self._cache = table.tail(self.limit)
         out = keyed.join(table, on="ip", how="left", maintain_order="left", nulls_equal=True)
         assert out.height == len(uniq)
-        per_address = out.select("ip_prefix", "asn", "network_kind").to_arrow().take(pa.array(index))
+        per_address = (
+            out.select("ip_prefix", "asn", "network_kind").to_arrow().take(pa.array(index))
+        )
         return pa.table(
             {
                 "ip_prefix": per_address.column("ip_prefix").cast(pa.string()),

@@ -19,12 +19,21 @@ from distillguard.signals.text import phrase_score, sigmoid
 REASONING_PHRASES: Final[tuple[tuple[str, float], ...]] = (
     (r"internal (reasoning|monologue|thoughts?)", 3.0),
     (r"chain[- ]of[- ]thought", 2.5),
-    (r"reasoning (trace|chain|process)|thought process|scratch ?pad|hidden (reasoning|thoughts?)", 2.5),
+    (
+        r"reasoning (trace|chain|process)|thought process|scratch ?pad|hidden (reasoning|thoughts?)",
+        2.5,
+    ),
     (r"(every|each|all( the)?) (intermediate|single) (step|reasoning)", 2.0),
-    (r"(full|complete|entire|detailed|exhaustive) (reasoning|derivation|explanation of (your|the) reasoning)", 2.0),
+    (
+        r"(full|complete|entire|detailed|exhaustive) (reasoning|derivation|explanation of (your|the) reasoning)",
+        2.0,
+    ),
     (r"reasoning behind", 1.5),
     (r"(completed|given|final|correct) answer", 0.8),
-    (r"(show|write out|explain|walk through|reveal|output) (all |each |every )?(of )?(your|the) (work|reasoning|steps|thinking)", 1.5),
+    (
+        r"(show|write out|explain|walk through|reveal|output) (all |each |every )?(of )?(your|the) (work|reasoning|steps|thinking)",
+        1.5,
+    ),
     (r"before (giving |stating |writing )?(the|your) final (answer|code)", 1.0),
     (r"<think>|<reasoning>|\[reasoning\]", 2.0),
     (r"think(ing)? step[- ]by[- ]step|step[- ]by[- ]step", 0.6),
@@ -34,10 +43,19 @@ REASONING_BIAS: Final = -3.0
 GRADER_PHRASES: Final[tuple[tuple[str, float], ...]] = (
     (r"reward model|reward signal|scalar reward|preference (data|label|model)", 3.0),
     (r"rubric", 1.8),
-    (r"(rate|score|grade|judge|evaluate|assess|critique) (the |this |each |both |these )?(following |two |above |below )*(ai |assistant('s)? |model('s)? |chatbot('s)? )?(answer|response|completion|output|repl(y|ies)|solution|summary|candidate)", 2.5),
-    (r"(response|completion|output|answer) (a|1)\b.{0,200}(response|completion|output|answer) (b|2)\b", 2.2),
+    (
+        r"(rate|score|grade|judge|evaluate|assess|critique) (the |this |each |both |these )?(following |two |above |below )*(ai |assistant('s)? |model('s)? |chatbot('s)? )?(answer|response|completion|output|repl(y|ies)|solution|summary|candidate)",
+        2.5,
+    ),
+    (
+        r"(response|completion|output|answer) (a|1)\b.{0,200}(response|completion|output|answer) (b|2)\b",
+        2.2,
+    ),
     (r"(which|what) (one|response|completion|answer) is better", 2.0),
-    (r"on a scale (of|from) \d+ (to|-) ?\d+|from \d+ ?(to|-) ?\d+ for (helpfulness|harmlessness|correctness|accuracy|quality)", 1.2),
+    (
+        r"on a scale (of|from) \d+ (to|-) ?\d+|from \d+ ?(to|-) ?\d+ for (helpfulness|harmlessness|correctness|accuracy|quality)",
+        1.2,
+    ),
     (r"(helpful(ness)?|harmless(ness)?|honest(y)?)\b.{0,40}\b(score|rating|rank)", 1.0),
     (r"(output|reply|return|respond with) only the (score|rating|number|label|letter)", 1.2),
     (r"\b(correct|incorrect)\b.{0,40}ground truth|ground truth.{0,40}\b(correct|incorrect)\b", 1.2),
@@ -46,7 +64,10 @@ GRADER_PHRASES: Final[tuple[tuple[str, float], ...]] = (
 GRADER_BIAS: Final = -3.2
 
 REWRITE_PHRASES: Final[tuple[tuple[str, float], ...]] = (
-    (r"(rewrite|revise|edit|improve|fix) (the|this|that)( following)? (ai('s)?|assistant('s)?|model('s)?|chatbot('s)?)? ?(response|answer|completion|reply|output)", 2.2),
+    (
+        r"(rewrite|revise|edit|improve|fix) (the|this|that)( following)? (ai('s)?|assistant('s)?|model('s)?|chatbot('s)?)? ?(response|answer|completion|reply|output)",
+        2.2,
+    ),
     (r"(ai|assistant|model|chatbot)('s)? (response|answer|completion|reply|output)", 0.8),
     (r"harmless|safety (policy|guidelines)|(make|be) (it )?(safe|safer)|unsafe|harmful", 1.6),
     (r"refus(e|al)|declin(e|es|ing)", 1.0),
@@ -57,7 +78,9 @@ REWRITE_PHRASES: Final[tuple[tuple[str, float], ...]] = (
 REWRITE_BIAS: Final = -3.8
 
 
-def reasoning_expr(prompt: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, has_content: pl.Expr) -> pl.Expr:
+def reasoning_expr(
+    prompt: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, has_content: pl.Expr
+) -> pl.Expr:
     """Reasoning-elicitation probability of a lower-cased prompt; null without content."""
     return reasoning_from_phrases(reasoning_phrases(prompt), thinking, ratio, has_content)
 
@@ -67,7 +90,9 @@ def reasoning_phrases(prompt: pl.Expr) -> pl.Expr:
     return phrase_score(prompt, REASONING_PHRASES, REASONING_BIAS)
 
 
-def reasoning_from_phrases(phrases: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, has_content: pl.Expr) -> pl.Expr:
+def reasoning_from_phrases(
+    phrases: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, has_content: pl.Expr
+) -> pl.Expr:
     """Reasoning-elicitation probability from :func:`reasoning_phrases` plus the per-exchange terms.
 
     Split so the regex part runs once per distinct prompt and the cheap per-exchange terms per row.
@@ -80,9 +105,17 @@ def reasoning_from_phrases(phrases: pl.Expr, thinking: pl.Expr, ratio: pl.Expr, 
 
 def grader_expr(prompt: pl.Expr, has_content: pl.Expr) -> pl.Expr:
     """Grader / reward-model use probability of a lower-cased prompt; null without content."""
-    return pl.when(has_content).then(sigmoid(phrase_score(prompt, GRADER_PHRASES, GRADER_BIAS))).otherwise(None)
+    return (
+        pl.when(has_content)
+        .then(sigmoid(phrase_score(prompt, GRADER_PHRASES, GRADER_BIAS)))
+        .otherwise(None)
+    )
 
 
 def rewrite_expr(prompt: pl.Expr, has_content: pl.Expr) -> pl.Expr:
-    """"Safe rewrite" request probability of a lower-cased prompt; null without content."""
-    return pl.when(has_content).then(sigmoid(phrase_score(prompt, REWRITE_PHRASES, REWRITE_BIAS))).otherwise(None)
+    """ "Safe rewrite" request probability of a lower-cased prompt; null without content."""
+    return (
+        pl.when(has_content)
+        .then(sigmoid(phrase_score(prompt, REWRITE_PHRASES, REWRITE_BIAS)))
+        .otherwise(None)
+    )

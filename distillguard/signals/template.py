@@ -57,7 +57,9 @@ class TemplateParams:
         if self.shingle not in (1, 2, 3):
             raise ConfigError(f"signals.template.shingle must be 1, 2 or 3, got {self.shingle}")
         if self.head_words < 1 or self.tail_words < 0 or self.scaffold_chars < 1:
-            raise ConfigError("signals.template: head_words and scaffold_chars must be >= 1, tail_words >= 0")
+            raise ConfigError(
+                "signals.template: head_words and scaffold_chars must be >= 1, tail_words >= 0"
+            )
 
     @property
     def rows_per_band(self) -> int:
@@ -114,7 +116,9 @@ def band_keys(words: pl.Series, params: TemplateParams) -> np.ndarray:
             nxt[:-k] = tok[k:]
             same = np.zeros(len(tok), dtype=bool)
             same[:-k] = row[k:] == row[:-k]
-            shingles = np.where(same, splitmix64(shingles ^ (nxt * np.uint64(0x100000001B3 + k))), shingles)
+            shingles = np.where(
+                same, splitmix64(shingles ^ (nxt * np.uint64(0x100000001B3 + k))), shingles
+            )
             # A position that cannot start a full shingle is kept only when it opens a short row.
             starts = np.zeros(len(tok), dtype=bool)
             starts[np.concatenate(([0], np.cumsum(lengths)[:-1]))[lengths > 0]] = True
@@ -137,7 +141,9 @@ def band_keys(words: pl.Series, params: TemplateParams) -> np.ndarray:
     return keys
 
 
-def fingerprints(prompts: pl.Series, params: TemplateParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fingerprints(
+    prompts: pl.Series, params: TemplateParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(full_hash, scaffold_hash, band_keys)`` per prompt: everything about a template that depends on the prompt alone.
 
     Hashes are 0 and key rows 0 where the prompt has no scaffold words; ``band_keys`` is rows x bands.
@@ -147,7 +153,9 @@ def fingerprints(prompts: pl.Series, params: TemplateParams) -> tuple[np.ndarray
     keys = np.zeros((len(prompts), params.bands), dtype=np.uint64)
     if valid.any():
         # Distinct scaffolds only: paraphrased prompts of one template often share the scaffold.
-        _, first, inverse = np.unique(exact.full_hash[valid], return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(
+            exact.full_hash[valid], return_index=True, return_inverse=True
+        )
         valid_idx = np.flatnonzero(valid)
         keys[valid] = band_keys(words["words"].gather(valid_idx[first]), params)[inverse.ravel()]
     return exact.full_hash, exact.scaffold_hash, keys
@@ -174,7 +182,9 @@ class TemplateIndex:
         tid, shash, valid = self._assign_distinct(uniq, rows)
         return tid[index], shash[index], valid[index]
 
-    def _assign_distinct(self, prompts: pl.Series, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _assign_distinct(
+        self, prompts: pl.Series, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`assign` over distinct prompts, ``rows`` exchanges each."""
         full, short, keys = fingerprints(prompts, self.params)
         return self.assign_fingerprints(full, short, keys, rows)
@@ -227,8 +237,18 @@ class TemplateIndex:
             all_ids = np.concatenate([self.anchor_ids, new_ids])
             # Existing anchors sort first among equal keys (stable), so they keep their older ids;
             # among new ones the smallest id wins, independent of row order.
-            order = np.lexsort((all_ids, np.concatenate([np.zeros(len(self.anchor_keys), dtype=np.int8),
-                                                         np.ones(len(new_keys), dtype=np.int8)]), all_keys))
+            order = np.lexsort(
+                (
+                    all_ids,
+                    np.concatenate(
+                        [
+                            np.zeros(len(self.anchor_keys), dtype=np.int8),
+                            np.ones(len(new_keys), dtype=np.int8),
+                        ]
+                    ),
+                    all_keys,
+                )
+            )
             all_keys, all_ids = all_keys[order], all_ids[order]
             keep = np.ones(len(all_keys), dtype=bool)
             keep[1:] = all_keys[1:] != all_keys[:-1]

@@ -77,13 +77,13 @@ def hash_strings(values: pl.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
     if len(codes) == 0:
         return np.zeros(len(arr), dtype=np.uint64)
     idx = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
-    out: np.ndarray = np.where(encoded.indices.is_null().to_numpy(zero_copy_only=False), np.uint64(0), codes[idx])
+    out: np.ndarray = np.where(
+        encoded.indices.is_null().to_numpy(zero_copy_only=False), np.uint64(0), codes[idx]
+    )
     return out.astype(np.uint64)
 
 
-def phrase_score(
-    texts: pl.Expr, phrases: Sequence[tuple[str, float]], bias: float
-) -> pl.Expr:
+def phrase_score(texts: pl.Expr, phrases: Sequence[tuple[str, float]], bias: float) -> pl.Expr:
     """Log-odds: ``bias`` plus the weight of every matching regex phrase; ``texts`` must be lower-cased."""
     total: pl.Expr = pl.lit(bias)
     for pattern, weight in phrases:

@@ -71,13 +71,19 @@ def _release_ms(days: int) -> int:
     return WINDOW_START_MS + (days // 2) * DAY_MS + 17 * 3_600_000
 
 
-def _seconds_of_day(g: Group, rng: np.random.Generator, acc: np.ndarray, seq: np.ndarray) -> np.ndarray:
+def _seconds_of_day(
+    g: Group, rng: np.random.Generator, acc: np.ndarray, seq: np.ndarray
+) -> np.ndarray:
     """Second of the (UTC) day each exchange arrives, by the group's timing model."""
     n = len(acc)
     if g.timing == "sync":
         bursts = 6 if g.persona == "reasoning_harvester" else 24
         at = np.sort(rng.uniform(0, 86_400, size=bursts))
-        sec = at[rng.integers(0, bursts, size=n)] + rng.uniform(0, 90, size=n) + rng.normal(0, g.jitter_s + 1e-9, size=n)
+        sec = (
+            at[rng.integers(0, bursts, size=n)]
+            + rng.uniform(0, 90, size=n)
+            + rng.normal(0, g.jitter_s + 1e-9, size=n)
+        )
     elif g.timing == "burst":
         start = (rng.uniform(8, 15, size=g.n) - g.tz) * 3600
         gap = rng.exponential(1.2, size=g.n)
@@ -89,7 +95,9 @@ def _seconds_of_day(g: Group, rng: np.random.Generator, acc: np.ndarray, seq: np
     return np.mod(sec, 86_400)
 
 
-def _emit(g: Group, gi: int, day: int, seed: int, days: int, arrays: dict[str, pa.Array]) -> pa.Table | None:
+def _emit(
+    g: Group, gi: int, day: int, seed: int, days: int, arrays: dict[str, pa.Array]
+) -> pa.Table | None:
     """All exchanges of group ``g`` on ``day``, unsorted, without request_id."""
     rng = np.random.default_rng([seed, day, gi])
     dow = day % 7  # the window starts on a Monday
@@ -105,7 +113,9 @@ def _emit(g: Group, gi: int, day: int, seed: int, days: int, arrays: dict[str, p
         return None
     acc = np.repeat(np.arange(g.n), counts)
     seq = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    ts = WINDOW_START_MS + day * DAY_MS + (_seconds_of_day(g, rng, acc, seq) * 1000).astype(np.int64)
+    ts = (
+        WINDOW_START_MS + day * DAY_MS + (_seconds_of_day(g, rng, acc, seq) * 1000).astype(np.int64)
+    )
 
     assert g.bank is not None
     if g.timing == "burst":  # a benchmark run: the same items, in order
@@ -141,7 +151,11 @@ def _emit(g: Group, gi: int, day: int, seed: int, days: int, arrays: dict[str, p
         model = np.where(rng.random(total) < p_new, 3, model)
 
     messages = rng.integers(g.messages_range[0], g.messages_range[1] + 1, size=total)
-    tools = np.where(rng.random(total) < g.tools_p, rng.integers(g.tools_range[0], g.tools_range[1] + 1, size=total), 0)
+    tools = np.where(
+        rng.random(total) < g.tools_p,
+        rng.integers(g.tools_range[0], g.tools_range[1] + 1, size=total),
+        0,
+    )
     thinking = rng.random(total) < g.thinking_p
     has_system = g.system_prompt is not None
     input_tokens = tokens + (messages - 1) * 120 + tools * 90 + (400 if has_system else 0)
@@ -160,7 +174,10 @@ def _emit(g: Group, gi: int, day: int, seed: int, days: int, arrays: dict[str, p
     if g.end_users:
         eu = (g.end_users * rng.random(total) ** 3).astype(np.int64)  # a few heavy end users
         end_user = pc.binary_join_element_wise(
-            pa.array(np.full(total, "eu"), pa.string()), acc_ids, pc.cast(pa.array(eu), pa.string()), "_"
+            pa.array(np.full(total, "eu"), pa.string()),
+            acc_ids,
+            pc.cast(pa.array(eu), pa.string()),
+            "_",
         )
     else:
         end_user = pa.nulls(total, pa.string())
@@ -193,10 +210,14 @@ def _group_arrays(g: Group) -> dict[str, pa.Array]:
     if g.system_prompt is not None:
         import hashlib
 
-        sys_hashes = [hashlib.sha256(f"system prompt {h}".encode()).hexdigest() for h in g.system_prompt]
+        sys_hashes = [
+            hashlib.sha256(f"system prompt {h}".encode()).hexdigest() for h in g.system_prompt
+        ]
     return {
         "account_id": pa.array(g.account_ids.tolist(), pa.string()),
-        "ips": pa.array(np.concatenate([g.home_ip.astype(str), pool.astype(str)]).tolist(), pa.string()),
+        "ips": pa.array(
+            np.concatenate([g.home_ip.astype(str), pool.astype(str)]).tolist(), pa.string()
+        ),
         "user_agent": pa.array(g.user_agent.tolist(), pa.string()),
         "system": pa.array(sys_hashes or [], pa.string()),
     }
@@ -210,7 +231,9 @@ def _accounts_table(groups: list[Group]) -> pa.Table:
     return pa.Table.from_pydict(
         {
             "account_id": cat("account_ids"),
-            "created_at": pa.array((WINDOW_START_MS + created * DAY_MS).astype(np.int64), pa.timestamp("ms", tz="UTC")),
+            "created_at": pa.array(
+                (WINDOW_START_MS + created * DAY_MS).astype(np.int64), pa.timestamp("ms", tz="UTC")
+            ),
             "email_domain": cat("email_domain"),
             "payment_fingerprint": cat("payment"),
             "signup_ip": cat("signup_ip"),
@@ -264,7 +287,9 @@ def simulate(
     ids = _hex(f"acct{seed}", range(total_accounts))
     offset = 0
     for g in groups:
-        g.account_ids = np.array([f"acct_{h[:12]}" for h in ids[offset : offset + g.n]], dtype=object)
+        g.account_ids = np.array(
+            [f"acct_{h[:12]}" for h in ids[offset : offset + g.n]], dtype=object
+        )
         offset += g.n
     arrays = [_group_arrays(g) for g in groups]
     by_persona: dict[str, int] = {}
@@ -275,7 +300,11 @@ def simulate(
         single = scale in SINGLE_FILE_SCALES
         if not single:
             (staged / "exchanges").mkdir()
-        writer = pq.ParquetWriter(staged / "exchanges.parquet", EXCHANGE_SCHEMA, compression="zstd") if single else None
+        writer = (
+            pq.ParquetWriter(staged / "exchanges.parquet", EXCHANGE_SCHEMA, compression="zstd")
+            if single
+            else None
+        )
         progress = Progress(
             TextColumn(f"simulate {scenario}/{scale}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("days  {task.fields[rows]:,} exchanges"), TimeElapsedColumn(),
@@ -291,17 +320,25 @@ def simulate(
                         if t is not None:
                             parts.append(t)
                             by_persona[g.persona] = by_persona.get(g.persona, 0) + t.num_rows
-                    table = pa.concat_tables(parts).sort_by([("ts", "ascending"), ("account_id", "ascending")])
+                    table = pa.concat_tables(parts).sort_by(
+                        [("ts", "ascending"), ("account_id", "ascending")]
+                    )
                     rid = pc.add(pa.array(np.arange(table.num_rows, dtype=np.int64)), n_rows)
                     rid_s = pc.binary_join_element_wise(
-                        pa.scalar(f"req_{seed}"), pc.utf8_lpad(pc.cast(rid, pa.string()), 10, "0"), "_"
+                        pa.scalar(f"req_{seed}"),
+                        pc.utf8_lpad(pc.cast(rid, pa.string()), 10, "0"),
+                        "_",
                     )
                     table = table.set_column(1, EXCHANGE_SCHEMA.field(1), rid_s)
                     n_rows += table.num_rows
                     if writer is not None:
                         writer.write_table(table, row_group_size=1 << 20)
                     else:
-                        pq.write_table(table, staged / "exchanges" / f"part-{day:03d}.parquet", compression="zstd")
+                        pq.write_table(
+                            table,
+                            staged / "exchanges" / f"part-{day:03d}.parquet",
+                            compression="zstd",
+                        )
                     progress.update(task, advance=1, rows=n_rows)
         finally:
             if writer is not None:

@@ -53,10 +53,18 @@ KNOB_NAMES: Final = tuple(f.name for f in dataclasses.fields(Knobs))
 #: Default knobs per campaign (the ``default`` scenario).
 DEFAULT_KNOBS: Final[dict[str, Knobs]] = {
     "june2026": Knobs(rate=25.6, proxy_rotation=0.8, paraphrase=0.15, cover_traffic=0.05),
-    "reasoning_harvester": Knobs(rate=60.0, proxy_rotation=0.2, timing_jitter=20.0, cover_traffic=0.0),
+    "reasoning_harvester": Knobs(
+        rate=60.0, proxy_rotation=0.2, timing_jitter=20.0, cover_traffic=0.0
+    ),
     "pivot": Knobs(rate=400.0, proxy_rotation=0.3, paraphrase=0.1, cover_traffic=0.02),
-    "varied": Knobs(rate=40.0, proxy_rotation=0.4, paraphrase=0.5, cover_traffic=0.15,
-                    account_age_days=60.0, distinct_cards=True),
+    "varied": Knobs(
+        rate=40.0,
+        proxy_rotation=0.4,
+        paraphrase=0.5,
+        cover_traffic=0.15,
+        account_age_days=60.0,
+        distinct_cards=True,
+    ),
 }
 
 #: The maximum-evasion variant of june2026 used by the ``low-and-slow`` scenario.
@@ -83,7 +91,9 @@ class Scenario:
 
 
 SCENARIOS: Final[dict[str, Scenario]] = {
-    "default": Scenario("default", "benign population plus all four campaigns", dict(DEFAULT_KNOBS)),
+    "default": Scenario(
+        "default", "benign population plus all four campaigns", dict(DEFAULT_KNOBS)
+    ),
     "benign": Scenario("benign", "benign population only (no attacks)", {}),
     "low-and-slow": Scenario(
         "low-and-slow",
@@ -140,7 +150,9 @@ def resolve(scenario: str, overrides: Mapping[str, str] | None = None) -> dict[s
         valid = [f"{c}.{k}" for c in knobs for k in KNOB_NAMES]
         if not dot or campaign not in knobs or knob not in KNOB_NAMES:
             listing = ", ".join(valid) if valid else "none (this scenario has no campaigns)"
-            raise ConfigError(f"unknown setting {key!r} for scenario {scenario!r}; valid keys: {listing}")
+            raise ConfigError(
+                f"unknown setting {key!r} for scenario {scenario!r}; valid keys: {listing}"
+            )
         value = _parse(campaign, knob, raw, getattr(knobs[campaign], knob))
         knobs[campaign] = dataclasses.replace(knobs[campaign], **{knob: value})  # type: ignore[arg-type]
     for campaign, k in knobs.items():

@@ -99,7 +99,11 @@ class Prefix:
 
     @property
     def cidr(self) -> str:
-        addr = ipaddress.ip_address(self.network) if self.version == 4 else ipaddress.IPv6Address(self.network)
+        addr = (
+            ipaddress.ip_address(self.network)
+            if self.version == 4
+            else ipaddress.IPv6Address(self.network)
+        )
         return f"{addr}/{self.length}"
 
 
@@ -151,7 +155,9 @@ class Network:
             self.prefixes[org.key] = chosen
         self.proxy_cidrs: list[tuple[str, int, str]] = []
 
-    def addresses(self, orgs: tuple[str, ...] | list[str], n: int, ipv6_share: float = 0.0) -> np.ndarray:
+    def addresses(
+        self, orgs: tuple[str, ...] | list[str], n: int, ipv6_share: float = 0.0
+    ) -> np.ndarray:
         """``n`` random addresses (numpy array of str) spread over ``orgs``' chosen prefixes."""
         org_idx = self._rng.integers(0, len(orgs), size=n)
         v6_mask = self._rng.random(n) < ipv6_share

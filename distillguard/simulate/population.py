@@ -29,10 +29,18 @@ DAY_MS: Final = 86_400_000
 
 #: Local-hour activity profiles (24 weights, local time).
 PROFILES: Final[dict[str, np.ndarray]] = {
-    "work": np.array([1, 1, 1, 1, 1, 2, 4, 8, 14, 18, 19, 18, 15, 17, 18, 17, 15, 11, 7, 5, 4, 3, 2, 1], float),
-    "evening": np.array([4, 2, 1, 1, 1, 1, 2, 4, 6, 7, 8, 9, 10, 9, 9, 9, 10, 12, 14, 16, 17, 15, 11, 7], float),
-    "global": np.array([6, 5, 5, 5, 5, 6, 8, 10, 12, 13, 13, 13, 12, 12, 12, 12, 12, 11, 10, 9, 9, 8, 7, 7], float),
-    "night_batch": np.array([14, 16, 16, 15, 13, 10, 6, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 4, 6, 8, 10, 12], float),
+    "work": np.array(
+        [1, 1, 1, 1, 1, 2, 4, 8, 14, 18, 19, 18, 15, 17, 18, 17, 15, 11, 7, 5, 4, 3, 2, 1], float
+    ),
+    "evening": np.array(
+        [4, 2, 1, 1, 1, 1, 2, 4, 6, 7, 8, 9, 10, 9, 9, 9, 10, 12, 14, 16, 17, 15, 11, 7], float
+    ),
+    "global": np.array(
+        [6, 5, 5, 5, 5, 6, 8, 10, 12, 13, 13, 13, 12, 12, 12, 12, 12, 11, 10, 9, 9, 8, 7, 7], float
+    ),
+    "night_batch": np.array(
+        [14, 16, 16, 15, 13, 10, 6, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 4, 6, 8, 10, 12], float
+    ),
     "flat": np.ones(24),
 }
 
@@ -59,7 +67,15 @@ BROWSER_AGENTS: Final = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
 )
 SCRIPT_AGENTS: Final = ("python-httpx/0.28.1", "python-requests/2.32.3", "aiohttp/3.11.18")
-FREE_MAIL: Final = ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "proton.me", "qq.com", "naver.com")
+FREE_MAIL: Final = (
+    "gmail.com",
+    "outlook.com",
+    "yahoo.com",
+    "icloud.com",
+    "proton.me",
+    "qq.com",
+    "naver.com",
+)
 
 BASE_MODELS: Final = ("nova-3-pro", "nova-3-mini", "nova-3-flash")
 NEW_MODEL: Final = "nova-4-pro"
@@ -113,7 +129,9 @@ class Group:
 
 
 def _hex(tag: str, values: np.ndarray | range | list[int]) -> np.ndarray:
-    return np.array([hashlib.sha256(f"{tag}:{v}".encode()).hexdigest()[:16] for v in values], dtype=object)
+    return np.array(
+        [hashlib.sha256(f"{tag}:{v}".encode()).hexdigest()[:16] for v in values], dtype=object
+    )
 
 
 class Builder:
@@ -137,9 +155,9 @@ class Builder:
     def _countries(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         weights = np.array([c[2] for c in COUNTRIES], float)
         idx = self.rng.choice(len(COUNTRIES), size=n, p=weights / weights.sum())
-        tz = np.array([COUNTRIES[i][1] for i in idx]) + self.rng.choice([-2, -1, 0, 0, 0, 1], size=n) * (
-            np.array([COUNTRIES[i][0] == "US" for i in idx])
-        )
+        tz = np.array([COUNTRIES[i][1] for i in idx]) + self.rng.choice(
+            [-2, -1, 0, 0, 0, 1], size=n
+        ) * (np.array([COUNTRIES[i][0] == "US" for i in idx]))
         return np.array([COUNTRIES[i][0] for i in idx]), tz.astype(float), idx
 
     def _home_ips(self, country_idx: np.ndarray, mobile_share: float, ipv6: float) -> np.ndarray:
@@ -159,7 +177,9 @@ class Builder:
         out: np.ndarray = np.where(has_card, ids, np.full(n, None, dtype=object))
         return out
 
-    def _choice(self, options: tuple[str, ...], n: int, p: tuple[float, ...] | None = None) -> np.ndarray:
+    def _choice(
+        self, options: tuple[str, ...], n: int, p: tuple[float, ...] | None = None
+    ) -> np.ndarray:
         probs = None if p is None else np.array(p, float) / sum(p)
         return np.array(options, dtype=object)[self.rng.choice(len(options), size=n, p=probs)]
 
@@ -175,8 +195,12 @@ class Builder:
         # a few accounts sign up during the window; they start when they sign up
         created = np.where(self.rng.random(n) < 0.95, np.minimum(created, -1.0), created)
         paid_mask = self.rng.random(n) < paid
-        verification = np.where(paid_mask, "card", self._choice(("email", "phone", "none"), n, (0.7, 0.25, 0.05)))
-        tier = np.where(paid_mask, self._choice(("tier1", "tier2", "tier3"), n, (0.6, 0.3, 0.1)), "free")
+        verification = np.where(
+            paid_mask, "card", self._choice(("email", "phone", "none"), n, (0.7, 0.25, 0.05))
+        )
+        tier = np.where(
+            paid_mask, self._choice(("tier1", "tier2", "tier3"), n, (0.6, 0.3, 0.1)), "free"
+        )
         rates = np.broadcast_to(np.asarray(rate, float), (n,)).copy()
         return Group(
             persona=persona, label=label, campaign=campaign, n=n, country=country,
@@ -202,7 +226,9 @@ class Builder:
         g.country = np.full(n, self.net.org_of(orgs[0]).country, dtype=object)
         return g
 
-    def _product(self, persona: str, n: int, rate: float, orgs: tuple[str, ...], **kw: object) -> Group:
+    def _product(
+        self, persona: str, n: int, rate: float, orgs: tuple[str, ...], **kw: object
+    ) -> Group:
         """A company's backend calling the API for its own users: few accounts, datacenter egress."""
         g = self._base(persona, n, self._heavy(n, rate, 0.5), p_active=1.0, profile="global",
                        weekend=0.8, paid=1.0)  # fmt: skip
@@ -244,7 +270,12 @@ class Builder:
 
         g = self._base("developer", c["developer"], self._heavy(c["developer"], 6.0, 1.0), p_active=0.4,
                        profile="work", weekend=0.3, mobile_share=0.05, paid=0.6)  # fmt: skip
-        g.bank, g.tools_p, g.thinking_p, g.api_keys = self._bank(DEVELOPER_MIX, 4000, DEV_WRAPPERS), 0.2, 0.3, 2
+        g.bank, g.tools_p, g.thinking_p, g.api_keys = (
+            self._bank(DEVELOPER_MIX, 4000, DEV_WRAPPERS),
+            0.2,
+            0.3,
+            2,
+        )
         g.messages_range = (1, 12)
         groups.append(g)
 
@@ -265,7 +296,9 @@ class Builder:
             g.created_day = week + self.rng.uniform(0, 6, size=n)  # the same sign-up week
             g.start_day = np.zeros(n)
             g.tz = np.full(n, -5.0 if i % 3 != 1 else 0.0)
-            homework = self.corpus.pick(self.rng, {"coding": 2, "reasoning": 1}, 12 * (self.days // 7 + 1))
+            homework = self.corpus.pick(
+                self.rng, {"coding": 2, "reasoning": 1}, 12 * (self.days // 7 + 1)
+            )
             g.bank = make_bank(homework)  # every student gets the same weekly set
             g.timing, g.user_agent = "deadline", self._choice(BROWSER_AGENTS + SDK_AGENTS[:1], n)
             groups.append(g)
@@ -275,7 +308,9 @@ class Builder:
             g = self._org_accounts("corporate", n, 5.0, (net.BUSINESS[i % len(net.BUSINESS)],), 3,
                                    ("acme-corp.com", "globex.co.uk", "initech.com")[i % 3],
                                    p_active=0.6, profile="work", weekend=0.1, paid=1.0)  # fmt: skip
-            g.payment = np.full(n, _hex(f"corpcard{self.seed}", [i])[0], dtype=object)  # one company card
+            g.payment = np.full(
+                n, _hex(f"corpcard{self.seed}", [i])[0], dtype=object
+            )  # one company card
             g.tier = np.full(n, "enterprise", dtype=object)
             g.bank = self._bank({**DEVELOPER_MIX, "summarization": 3, "extraction": 3, "writing": 2}, 2000,
                                 DEV_WRAPPERS)  # fmt: skip
@@ -307,7 +342,9 @@ class Builder:
 
         g = self._product("reseller", c["reseller"], 3000 * volume * (0.5 if s == "small" else 1.0),
                           net.DATACENTER + net.VPN[:1], end_users=3000, thinking_p=0.3, messages_range=(1, 20))  # fmt: skip
-        g.bank = self._bank({**CASUAL_MIX, "coding": 3, "reasoning": 2, "tool_use": 1}, 4000, CASUAL_WRAPPERS)
+        g.bank = self._bank(
+            {**CASUAL_MIX, "coding": 3, "reasoning": 2, "tool_use": 1}, 4000, CASUAL_WRAPPERS
+        )
         g.tier = np.full(g.n, "tier3", dtype=object)
         g.verification = np.full(g.n, "card", dtype=object)
         g.user_agent = self._choice(SCRIPT_AGENTS + SDK_AGENTS[:1], g.n)
@@ -319,7 +356,9 @@ class Builder:
         g.p_active = 0.25
         g.email_domain = np.array([f"evals-lab{i}.org" for i in range(eval_n)], dtype=object)
         g.bank = make_bank(self.corpus.by_cap["reasoning"])  # the benchmark, always in order
-        g.user_agent = self._choice(("lm-eval-harness/0.4.13 python-httpx/0.28.1", "inspect-ai/0.3.90"), eval_n)
+        g.user_agent = self._choice(
+            ("lm-eval-harness/0.4.13 python-httpx/0.28.1", "inspect-ai/0.3.90"), eval_n
+        )
         groups.append(g)
         return groups
 
@@ -335,7 +374,11 @@ class Builder:
                        label="attack", campaign=name, paid=0.6)  # fmt: skip
         g.volume_cap = k.volume_cap
         # exits: residential proxies rented in bulk, shared by many accounts
-        infra = net.Network(np.random.default_rng([k.infra_seed, CAMPAIGN_NAMES.index(name)])) if k.infra_seed else self.net
+        infra = (
+            net.Network(np.random.default_rng([k.infra_seed, CAMPAIGN_NAMES.index(name)]))
+            if k.infra_seed
+            else self.net
+        )
         if name == "june2026":
             pool = infra.addresses(net.RESIDENTIAL + net.MOBILE, max(200, n // 3), k.ipv6_share)
             infra.mark_proxies(pool, 0.15)
@@ -344,14 +387,18 @@ class Builder:
             pool = infra.addresses(net.VPN + net.DATACENTER[:2], max(20, n // 4), k.ipv6_share)
             g.persona, g.timing, g.out_mu = "reasoning_harvester", "sync", 7.2
         elif name == "pivot":
-            pool = infra.addresses(net.DATACENTER + net.RESIDENTIAL[:3], max(30, n * 4), k.ipv6_share)
+            pool = infra.addresses(
+                net.DATACENTER + net.RESIDENTIAL[:3], max(30, n * 4), k.ipv6_share
+            )
             g.persona, g.adopt = "pivot_operator", "pivot"
         else:
             kinds = net.RESIDENTIAL + net.MOBILE + net.VPN + net.DATACENTER
             pool = infra.addresses(kinds, max(100, n), k.ipv6_share)
             g.persona = "varied_operator"
             g.tier = self._choice(("free", "tier1", "tier2", "tier3"), n, (3, 4, 2, 1))
-            g.verification = self._choice(("none", "email", "phone", "card", "kyc"), n, (1, 4, 3, 3, 1))
+            g.verification = self._choice(
+                ("none", "email", "phone", "card", "kyc"), n, (1, 4, 3, 3, 1)
+            )
         if infra is not self.net:
             self.net.adopt(infra)
         g.pool, g.rotation = pool, k.proxy_rotation
@@ -371,7 +418,9 @@ class Builder:
             shared = self._cards(max(1, n // 25), np.ones(max(1, n // 25), bool))
             g.payment = shared[self.rng.integers(0, len(shared), size=n)]
             g.verification = np.full(n, "card", dtype=object)
-        g.email_domain = self._choice((*FREE_MAIL[:3], "mailbox.org", "tmpbox.net"), n, (5, 2, 1, 1, 1))
+        g.email_domain = self._choice(
+            (*FREE_MAIL[:3], "mailbox.org", "tmpbox.net"), n, (5, 2, 1, 1, 1)
+        )
         g.user_agent = self._choice(SCRIPT_AGENTS + SDK_AGENTS[:2], n, (5, 3, 1, 1, 1))
         g.bank = attack_bank(name, self.corpus, self.rng, k.paraphrase)
         g.cover, g.cover_share = self._benign_general, k.cover_traffic

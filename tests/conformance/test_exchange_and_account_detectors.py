@@ -43,12 +43,18 @@ def exchanges() -> pa.Table:
     n = 240
     account = rng.integers(0, 8, n)
     cols: dict[str, Any] = {
-        "ts": pa.array(1_780_000_000_000 + np.sort(rng.integers(0, 5 * 86_400_000, n)), pa.timestamp("ms", tz="UTC")),
+        "ts": pa.array(
+            1_780_000_000_000 + np.sort(rng.integers(0, 5 * 86_400_000, n)),
+            pa.timestamp("ms", tz="UTC"),
+        ),
         "request_id": [f"req-{i:04d}" for i in range(n)],
         "account_id": [f"acct-{a}" for a in account.tolist()],
         "client_ip": [IPS[i] for i in rng.integers(0, len(IPS), n).tolist()],
         "model": ["m-new" if x else "m-old" for x in (rng.random(n) < 0.3).tolist()],
-        "prompt": [PROMPTS[(a + j) % len(PROMPTS)].format(n=j) for j, a in zip(rng.integers(0, 3, n).tolist(), account.tolist(), strict=True)],
+        "prompt": [
+            PROMPTS[(a + j) % len(PROMPTS)].format(n=j)
+            for j, a in zip(rng.integers(0, 3, n).tolist(), account.tolist(), strict=True)
+        ],
         "input_tokens": pa.array(rng.integers(10, 500, n), pa.int64()),
         "output_tokens": pa.array(rng.integers(10, 3000, n), pa.int64()),
         "end_user_id": [f"u{x}" for x in rng.integers(0, 3, n).tolist()],
@@ -69,7 +75,10 @@ def signals() -> pa.Table:
 ACCOUNTS = pa.table(
     {
         "account_id": [f"acct-{i}" for i in range(8)],
-        "created_at": pa.array([1_779_900_000_000 - i * 40 * 86_400_000 for i in range(8)], pa.timestamp("ms", tz="UTC")),
+        "created_at": pa.array(
+            [1_779_900_000_000 - i * 40 * 86_400_000 for i in range(8)],
+            pa.timestamp("ms", tz="UTC"),
+        ),
         "verification": ["none", "email", "phone", "card", "kyc", "email", None, "none"],
     }
 )
@@ -86,7 +95,9 @@ def _make(registry: dict[str, Any], name: str) -> Detector:
     return instance
 
 
-CASES = [("exchange", n) for n in sorted(EXCHANGE_REGISTRY)] + [("account", n) for n in sorted(ACCOUNT_REGISTRY)]
+CASES = [("exchange", n) for n in sorted(EXCHANGE_REGISTRY)] + [
+    ("account", n) for n in sorted(ACCOUNT_REGISTRY)
+]
 
 
 @pytest.fixture(params=CASES, ids=[f"{k}:{n}" for k, n in CASES])
@@ -136,7 +147,9 @@ def test_metadata(case: tuple[Detector, pa.Table, tuple[str, ...]]) -> None:
     assert type(det).__doc__ and "benign" in type(det).__doc__.lower()
 
 
-def test_deterministic_and_input_not_mutated(case: tuple[Detector, pa.Table, tuple[str, ...]]) -> None:
+def test_deterministic_and_input_not_mutated(
+    case: tuple[Detector, pa.Table, tuple[str, ...]],
+) -> None:
     det, table, _ = case
     before = table.take(np.arange(table.num_rows))  # a deep-enough copy for equality
     first = _by_key(det, table)
@@ -150,7 +163,9 @@ def test_row_order_irrelevant(case: tuple[Detector, pa.Table, tuple[str, ...]]) 
     assert _same(_keyed(det, _base(det)), _by_key(det, table.take(order)))
 
 
-def test_scores_in_unit_interval_keys_unique(case: tuple[Detector, pa.Table, tuple[str, ...]]) -> None:
+def test_scores_in_unit_interval_keys_unique(
+    case: tuple[Detector, pa.Table, tuple[str, ...]],
+) -> None:
     det, _, _ = case
     scores = _base(det).scores
     keys = KEY_COLUMNS[det.info.level]
@@ -164,7 +179,9 @@ def test_scores_in_unit_interval_keys_unique(case: tuple[Detector, pa.Table, tup
         assert v is None or 0.0 <= v <= 1.0
 
 
-def test_missing_optional_columns_abstain_not_crash(case: tuple[Detector, pa.Table, tuple[str, ...]]) -> None:
+def test_missing_optional_columns_abstain_not_crash(
+    case: tuple[Detector, pa.Table, tuple[str, ...]],
+) -> None:
     det, table, optional = case
     stripped = table.drop_columns([c for c in optional if c in table.column_names])
     scores = det.score(stripped).scores

@@ -45,7 +45,9 @@ def test_corpora_load_with_labels() -> None:
     coding = load_prompts("coding")
     assert set(coding["capability"].to_pylist()) == {"coding"}
     reasoning = load_prompts(["reasoning"], corpora=["lm_eval"])
-    assert reasoning.num_rows > 300 and all("step by step" in t for t in reasoning["text"].to_pylist())
+    assert reasoning.num_rows > 300 and all(
+        "step by step" in t for t in reasoning["text"].to_pylist()
+    )
 
 
 def test_missing_cache_says_run_make_setup(tmp_path: Path) -> None:

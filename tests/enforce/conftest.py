@@ -77,7 +77,14 @@ def config() -> dict[str, Any]:
     return cfg
 
 
-def row(i: int, account: str, ip: str = "203.0.113.7", prompt: str = "", ts0: int = 1_750_000_000_000, **extra: Any) -> dict[str, Any]:
+def row(
+    i: int,
+    account: str,
+    ip: str = "203.0.113.7",
+    prompt: str = "",
+    ts0: int = 1_750_000_000_000,
+    **extra: Any,
+) -> dict[str, Any]:
     """One contract exchange as a dict (seconds apart)."""
     return {"ts": ts0 + i * 1000, "request_id": f"r{i}-{account}", "account_id": account, "client_ip": ip,
             "model": "m-1", "prompt": prompt, "input_tokens": 12, "output_tokens": 0, **extra}  # fmt: skip

@@ -22,12 +22,20 @@ T0 = 1_750_000_000_000
 
 
 def _check(e: Enforcer, account: str, ip: str, i: int) -> Decision:
-    row = {"request_id": f"{account}-{i}", "account_id": account, "client_ip": ip, "model": "m", "ts": T0 + i}
+    row = {
+        "request_id": f"{account}-{i}",
+        "account_id": account,
+        "client_ip": ip,
+        "model": "m",
+        "ts": T0 + i,
+    }
     return e.process([row], [AccountMeta(None, None, None, "email")])[0]
 
 
 def _contain(e: Enforcer, account: str, ip: str, i: int) -> None:
-    e.backend.set_action(account, Action.CHALLENGE.rank, None, [{"signal": "test", "value": 1, "detail": {}}])
+    e.backend.set_action(
+        account, Action.CHALLENGE.rank, None, [{"signal": "test", "value": 1, "detail": {}}]
+    )
     assert _check(e, account, ip, i).action is Action.CHALLENGE
 
 
@@ -43,14 +51,18 @@ def _exit_dominated_by_contained_accounts(e: Enforcer) -> Decision:
     return _check(e, "vpn-user", "198.51.100.50", 100)
 
 
-def test_an_exit_full_of_contained_accounts_alone_does_not_contain_a_bystander(config: dict[str, Any]) -> None:
+def test_an_exit_full_of_contained_accounts_alone_does_not_contain_a_bystander(
+    config: dict[str, Any],
+) -> None:
     d = _exit_dominated_by_contained_accounts(build_enforcer(config, with_limits=False))
     assert _contrib(d, "online.flagged_ip") == pytest.approx(6.0)
     assert _contrib(d, "online.shared_ip") == 0.0  # 2.8 does not exceed the link
     assert d.action.rank < Action.CHALLENGE.rank
 
 
-def test_without_supersede_the_same_exit_counted_twice_contains_the_bystander(config: dict[str, Any]) -> None:
+def test_without_supersede_the_same_exit_counted_twice_contains_the_bystander(
+    config: dict[str, Any],
+) -> None:
     """Near miss: the shared address and the link summed (6.0 + 2.8) reach challenge with no evidence of its own."""
     config["enforce"]["online"]["propagation"]["links"]["ip"]["supersedes_shared_ip"] = False
     d = _exit_dominated_by_contained_accounts(build_enforcer(config, with_limits=False))

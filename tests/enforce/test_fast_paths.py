@@ -82,7 +82,9 @@ def test_row_by_row_scoring_agrees_with_the_policy_on_the_matrix() -> None:
     grid = [np.nan, 0.0, 0.3, 0.55, 0.7, 0.9, 1.0, 2, 3, 4, 5, 8, 12, 70, 400]
     values = rng.choice(grid, size=(3000, len(FEATURES)))
     values[:, :5] = np.where(rng.random((3000, 5)) < 0.5, rng.random((3000, 5)), values[:, :5])
-    values = np.where(rng.random(values.shape) < 0.75, np.nan, values)  # sparse, so every action is reached
+    values = np.where(
+        rng.random(values.shape) < 0.75, np.nan, values
+    )  # sparse, so every action is reached
     ranks, scores, contrib = enforcer.decide_matrix(values)
     assert len(set(ranks.tolist())) >= 4  # the grid reaches several actions, suspend included
     for i in range(len(values)):
@@ -107,7 +109,9 @@ def test_service_path_and_replay_batches_write_the_same_changes(config: dict[str
     changes = []
     for s in range(0, len(rows), 37):
         part = rows[s : s + 37]
-        changes += batched.process(part, [metas[r["account_id"]] for r in part], signals.slice(s, 37), changes_only=True)
+        changes += batched.process(
+            part, [metas[r["account_id"]] for r in part], signals.slice(s, 37), changes_only=True
+        )
     assert singles and [d.to_json() for d in singles] == [d.to_json() for d in changes]
 
 
@@ -126,7 +130,9 @@ def test_linear_proba_is_sklearns_predict_proba() -> None:
 def test_record_route_validates_and_names_the_field(config: dict[str, Any]) -> None:
     enforcer = build_enforcer(config)
     client = TestClient(create_app(enforcer, api_key=None))
-    bad = client.post("/v1/record", json={"request_id": "r", "account_id": "a", "output_tokens": -1})
+    bad = client.post(
+        "/v1/record", json={"request_id": "r", "account_id": "a", "output_tokens": -1}
+    )
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "output_tokens"
     nested = client.post("/v1/check", json={"request_id": "r", "account_id": "a", "client_ip": "192.0.2.1",
                                             "model": "m", "account": {"colour": "red"}})  # fmt: skip
@@ -134,7 +140,9 @@ def test_record_route_validates_and_names_the_field(config: dict[str, Any]) -> N
     ok = client.post("/v1/check", json={"request_id": "r", "account_id": "a", "client_ip": "192.0.2.1", "model": "m",
                                         "ts": 1_750_000_000_000, "account": {"payment_fingerprint": "c"}})  # fmt: skip
     assert ok.status_code == 200 and ok.json()["action"] == "allow"
-    assert client.post("/v1/record", json={"request_id": "r", "account_id": "a", "output_tokens": 7}).json() == {"ok": True}
+    assert client.post(
+        "/v1/record", json={"request_id": "r", "account_id": "a", "output_tokens": 7}
+    ).json() == {"ok": True}
     view = enforcer.account("a")
     assert view is not None and view.counters["out_tok"] == 7.0 and view.counters["n"] == 1.0
 
@@ -149,7 +157,9 @@ class _Clock:
         return self.now
 
 
-def test_memory_windows_admit_and_refuse_like_the_limits_library(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_windows_admit_and_refuse_like_the_limits_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Same admissions and retry_after as ``limits``' MemoryStorage moving windows, hit for hit, on one clock."""
     import limits.storage.memory as library_memory
     from limits import parse
@@ -161,23 +171,41 @@ def test_memory_windows_admit_and_refuse_like_the_limits_library(monkeypatch: py
     library = MovingWindowRateLimiter(MemoryStorage())
     windows = MemoryWindows(clock=clock.time)
     # Equal rates under two names share a window in the library (its keys carry the rate only).
-    items = [parse("3/second"), parse("5/minute"), parse("5 per 1 minute"), parse("2 per 10 seconds"), parse("0/hour")]
+    items = [
+        parse("3/second"),
+        parse("5/minute"),
+        parse("5 per 1 minute"),
+        parse("2 per 10 seconds"),
+        parse("0/hour"),
+    ]
     rng = random.Random(5)
     answers = []
     for step in range(6000):
         # Bursts at one instant, small steps and gaps longer than every window; no step lands a hit
         # exactly on a window's edge (the library itself is inconsistent there, sweep or not).
-        clock.now += rng.choice([0.0, 0.0, rng.uniform(0.0, 0.4), rng.uniform(0.0, 3.0), rng.uniform(50.0, 70.0) * (step % 500 == 0)])
+        clock.now += rng.choice(
+            [
+                0.0,
+                0.0,
+                rng.uniform(0.0, 0.4),
+                rng.uniform(0.0, 3.0),
+                rng.uniform(50.0, 70.0) * (step % 500 == 0),
+            ]
+        )
         item = rng.choice(items)
         scope, key = rng.choice(["account", "cluster"]), f"k{rng.randrange(7)}"
         got = windows.hit(item, scope, key)
         if library.hit(item, scope, key):
             want = None
         else:
-            want = max(1.0, math.ceil(library.get_window_stats(item, scope, key).reset_time - clock.now))
+            want = max(
+                1.0, math.ceil(library.get_window_stats(item, scope, key).reset_time - clock.now)
+            )
         assert got == want and type(got) is type(want), (step, item, key)
         answers.append(got)
-    assert answers.count(None) > 1000 and len(answers) - answers.count(None) > 1000  # both answers well exercised
+    assert (
+        answers.count(None) > 1000 and len(answers) - answers.count(None) > 1000
+    )  # both answers well exercised
     assert windows.size() >= 15
     clock.now += 3600.0
     for i in range(50):  # keys idle for a whole window go as new ones arrive, a few per hit

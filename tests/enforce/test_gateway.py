@@ -28,16 +28,28 @@ def _upstream() -> FastAPI:
     async def messages(request: Request) -> Any:
         body = await request.json()
         if body.get("stream"):
+
             async def events() -> Any:
                 for part in ("Hel", "lo"):
                     yield f"event: content_block_delta\ndata: {json.dumps({'delta': {'text': part}})}\n\n".encode()
                 yield b'event: message_delta\ndata: {"usage": {"output_tokens": 42}}\n\n'
+
             return StreamingResponse(events(), media_type="text/event-stream")
-        return JSONResponse({"content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 9, "output_tokens": 5}})
+        return JSONResponse(
+            {
+                "content": [{"type": "text", "text": "hi"}],
+                "usage": {"input_tokens": 9, "output_tokens": 5},
+            }
+        )
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        return JSONResponse({"choices": [{"message": {"content": "ok"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 7}})
+        return JSONResponse(
+            {
+                "choices": [{"message": {"content": "ok"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 7},
+            }
+        )
 
     return app
 
@@ -45,7 +57,9 @@ def _upstream() -> FastAPI:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_upstream(), host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(_upstream(), host="127.0.0.1", port=port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -59,19 +73,27 @@ def _log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (path / "exchanges.jsonl").read_text().splitlines()]
 
 
-def test_forwards_and_streams_and_logs(upstream: str, tmp_path: Path, config: dict[str, Any]) -> None:
+def test_forwards_and_streams_and_logs(
+    upstream: str, tmp_path: Path, config: dict[str, Any]
+) -> None:
     app = create_gateway(build_enforcer(config), upstream, tmp_path, trust_forwarded_for=True)
     with TestClient(app) as client:
         _forward_checks(client, tmp_path)
 
 
 def _forward_checks(client: TestClient, tmp_path: Path) -> None:
-    headers = {"x-api-key": "sk-test-1", "user-agent": "anthropic-python/0.40", "x-forwarded-for": "203.0.113.5"}
+    headers = {
+        "x-api-key": "sk-test-1",
+        "user-agent": "anthropic-python/0.40",
+        "x-forwarded-for": "203.0.113.5",
+    }
     msg = {"model": "claude-x", "max_tokens": 10, "system": "be brief",
            "messages": [{"role": "user", "content": "hello there"}]}  # fmt: skip
     plain = client.post("/v1/messages", json=msg, headers=headers)
     assert plain.status_code == 200 and plain.json()["content"][0]["text"] == "hi"
-    with client.stream("POST", "/v1/messages", json={**msg, "stream": True}, headers=headers) as resp:
+    with client.stream(
+        "POST", "/v1/messages", json={**msg, "stream": True}, headers=headers
+    ) as resp:
         chunks = b"".join(resp.iter_raw())
     assert resp.status_code == 200 and b"Hel" in chunks and b"output_tokens" in chunks
     chat = client.post("/v1/chat/completions", headers={"authorization": "Bearer sk-openai"},
@@ -98,16 +120,33 @@ def test_refuses_with_429_and_403(upstream: str, tmp_path: Path, config: dict[st
 
 def _refusal_checks(client: TestClient, enforcer: Any, tmp_path: Path) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
-    codes = [client.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k"}) for _ in range(3)]
+    codes = [
+        client.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k"})
+        for _ in range(3)
+    ]
     assert [c.status_code for c in codes] == [200, 200, 429]
-    assert codes[2].json()["error"]["type"] == "rate_limit_error" and "retry-after" in codes[2].headers
-    enforcer.backend.set_action("suspended-acct", 4, None, [{"signal": "analyst", "value": 1, "detail": {}}])
-    denied = client.post("/v1/messages", json=body, headers={"x-api-key": "k2", "x-distillguard-account": "suspended-acct"})
+    assert (
+        codes[2].json()["error"]["type"] == "rate_limit_error" and "retry-after" in codes[2].headers
+    )
+    enforcer.backend.set_action(
+        "suspended-acct", 4, None, [{"signal": "analyst", "value": 1, "detail": {}}]
+    )
+    denied = client.post(
+        "/v1/messages",
+        json=body,
+        headers={"x-api-key": "k2", "x-distillguard-account": "suspended-acct"},
+    )
     assert denied.status_code == 403
     assert denied.json() == {"type": "error", "error": {"type": "account_suspended",
                                                         "message": "this account is suspended pending review"}}  # fmt: skip
-    enforcer.backend.set_action("chal-acct", 3, None, [{"signal": "analyst", "value": 1, "detail": {}}])
-    chal = client.post("/v1/messages", json=body, headers={"x-api-key": "k3", "x-distillguard-account": "chal-acct"})
+    enforcer.backend.set_action(
+        "chal-acct", 3, None, [{"signal": "analyst", "value": 1, "detail": {}}]
+    )
+    chal = client.post(
+        "/v1/messages",
+        json=body,
+        headers={"x-api-key": "k3", "x-distillguard-account": "chal-acct"},
+    )
     assert chal.status_code == 403 and chal.json()["error"]["type"] == "challenge_required"
     assert [r["status"] for r in _log(tmp_path)] == [200, 200, 429, 403, 403]
     bad = client.post("/v1/messages", content=b"[1,2]", headers={"x-api-key": "k"})
@@ -120,5 +159,9 @@ def test_parse_request_shapes() -> None:
                                                "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]},
                                                             {"role": "assistant", "content": "b"},
                                                             {"role": "user", "content": "c"}]})  # fmt: skip
-    assert anthropic["prompt"] == "c" and anthropic["thinking"] is True and anthropic["tools_count"] == 2
+    assert (
+        anthropic["prompt"] == "c"
+        and anthropic["thinking"] is True
+        and anthropic["tools_count"] == 2
+    )
     assert anthropic["messages_count"] == 3 and anthropic["end_user_id"] == "u1"

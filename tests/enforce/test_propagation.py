@@ -15,21 +15,40 @@ CAMPUS = "192.0.2.0/24"  # an education network in the intel table below
 
 
 def _intel() -> pa.Table:
-    return pa.table({"cidr": [CAMPUS], "asn": [64500], "asn_org": ["State U"], "kind": ["education"]})
+    return pa.table(
+        {"cidr": [CAMPUS], "asn": [64500], "asn_org": ["State U"], "kind": ["education"]}
+    )
 
 
-def _check(e: Enforcer, account: str, ip: str, card: str | None = None, domain: str = "mail.test", i: int = 0) -> Any:
-    row = {"request_id": f"{account}-{i}", "account_id": account, "client_ip": ip, "model": "m", "ts": T0 + i}
+def _check(
+    e: Enforcer,
+    account: str,
+    ip: str,
+    card: str | None = None,
+    domain: str = "mail.test",
+    i: int = 0,
+) -> Any:
+    row = {
+        "request_id": f"{account}-{i}",
+        "account_id": account,
+        "client_ip": ip,
+        "model": "m",
+        "ts": T0 + i,
+    }
     return e.process([row], [AccountMeta(card, domain) if card else None])[0]
 
 
 def _contain(e: Enforcer, account: str, ip: str, card: str | None = None) -> None:
     """An account already at challenge (an earlier decision), then one request from it."""
-    e.backend.set_action(account, Action.CHALLENGE.rank, None, [{"signal": "test", "value": 1, "detail": {}}])
+    e.backend.set_action(
+        account, Action.CHALLENGE.rank, None, [{"signal": "test", "value": 1, "detail": {}}]
+    )
     assert _check(e, account, ip, card, "a.test").action is Action.CHALLENGE
 
 
-def test_new_account_on_a_contained_accounts_card_is_contained_at_its_first_request(config: dict[str, Any]) -> None:
+def test_new_account_on_a_contained_accounts_card_is_contained_at_its_first_request(
+    config: dict[str, Any],
+) -> None:
     e = build_enforcer(config, with_limits=False)
     _contain(e, "hydra-1", "203.0.113.5", card="card-H")
     first = _check(e, "hydra-2", "198.51.100.77", card="card-H", domain="b.test", i=1)
@@ -80,7 +99,10 @@ def test_propagation_weight_zero_keeps_no_taint(config: dict[str, Any]) -> None:
     e = build_enforcer(config, with_limits=False)
     _contain(e, "hydra-1", "203.0.113.5", card="card-H")
     assert not any(k.startswith("flg:") for k in e.backend._sketches)  # type: ignore[attr-defined]
-    assert _check(e, "hydra-2", "203.0.113.5", card="card-H", domain="b.test", i=1).action is not Action.CHALLENGE
+    assert (
+        _check(e, "hydra-2", "203.0.113.5", card="card-H", domain="b.test", i=1).action
+        is not Action.CHALLENGE
+    )
 
 
 def test_count_only_member_reads_without_adding() -> None:

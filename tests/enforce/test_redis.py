@@ -39,7 +39,12 @@ def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 def _body(i: int, account: str = "shared-acct") -> dict[str, Any]:
-    return {"request_id": f"r{i}", "account_id": account, "client_ip": "198.51.100.9", "model": "m-1"}
+    return {
+        "request_id": f"r{i}",
+        "account_id": account,
+        "client_ip": "198.51.100.9",
+        "model": "m-1",
+    }
 
 
 @pytest.mark.slow
@@ -55,7 +60,9 @@ def test_two_service_processes_share_limits(redis_server: RedisServer, tmp_path:
         answers = []
         for i in range(8):  # alternate between the two processes
             port = ports[i % 2]
-            answers.append(httpx.post(f"http://127.0.0.1:{port}/v1/check", json=_body(i), timeout=5).json())
+            answers.append(
+                httpx.post(f"http://127.0.0.1:{port}/v1/check", json=_body(i), timeout=5).json()
+            )
         admitted = [a["retry_after"] is None for a in answers]
         assert admitted == [True] * 4 + [False] * 4  # one budget of 4, whichever process answers
         state = httpx.get(f"http://127.0.0.1:{ports[0]}/v1/accounts/shared-acct", timeout=5).json()
@@ -67,11 +74,19 @@ def test_two_service_processes_share_limits(redis_server: RedisServer, tmp_path:
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_fail_mode_when_redis_stops_mid_run(redis_server: RedisServer, config: dict[str, Any], mode: str) -> None:
+def test_fail_mode_when_redis_stops_mid_run(
+    redis_server: RedisServer, config: dict[str, Any], mode: str
+) -> None:
     config["enforce"]["fail_mode"] = mode
     config["enforce"]["fallback_limit"] = "3/minute"
     enforcer = build_enforcer(config, backend="redis", redis_url=redis_server.url)
-    row = {"request_id": "r", "account_id": "a", "client_ip": "198.51.100.9", "model": "m", "ts": 1_750_000_000_000}
+    row = {
+        "request_id": "r",
+        "account_id": "a",
+        "client_ip": "198.51.100.9",
+        "model": "m",
+        "ts": 1_750_000_000_000,
+    }
     assert enforcer.process([row])[0].retry_after is None
     redis_server.stop()
     during = [enforcer.process([{**row, "request_id": f"d{i}"}])[0] for i in range(5)]
@@ -79,7 +94,9 @@ def test_fail_mode_when_redis_stops_mid_run(redis_server: RedisServer, config: d
         assert [d.retry_after is None for d in during] == [True, True, True, False, False]
         assert during[3].limited_by == "fallback"
     else:
-        assert all(d.retry_after is not None and d.limited_by == "state_unavailable" for d in during)
+        assert all(
+            d.retry_after is not None and d.limited_by == "state_unavailable" for d in during
+        )
     assert enforcer.metrics.state_errors >= 1
     redis_server.start()  # an empty Redis on the same port: the service recovers by itself
     time.sleep(config["enforce"]["redis_retry_seconds"] + 0.1)
@@ -88,7 +105,9 @@ def test_fail_mode_when_redis_stops_mid_run(redis_server: RedisServer, config: d
     assert enforcer.backend.ping()
 
 
-def test_restart_keeps_actions_and_limits(redis_server: RedisServer, config: dict[str, Any]) -> None:
+def test_restart_keeps_actions_and_limits(
+    redis_server: RedisServer, config: dict[str, Any]
+) -> None:
     # "hot" shares the contained accounts' address, so it may be at monitor: limit both.
     config["enforce"]["limits"]["account"]["allow"] = "2/minute"
     config["enforce"]["limits"]["account"]["monitor"] = "2/minute"

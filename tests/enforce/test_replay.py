@@ -31,7 +31,9 @@ def _traffic(seed: int = 5) -> tuple[list[dict[str, Any]], dict[str, AccountMeta
     t0 = 1_750_000_000_000
     for a in range(8):  # a campaign: one card, many free-mail domains, a shared proxy /24
         acc = f"atk-{a}"
-        metas[acc] = AccountMeta("card-hydra", rng.choice(["gmail.com", "outlook.com", "proton.me"]))
+        metas[acc] = AccountMeta(
+            "card-hydra", rng.choice(["gmail.com", "outlook.com", "proton.me"])
+        )
         for i in range(30):
             rows.append({"ts": t0 + a * 60_000 + i * 97_000 + rng.randrange(5000), "request_id": f"{acc}-{i}",
                          "account_id": acc, "client_ip": f"100.64.7.{rng.randrange(1, 250)}", "model": "m",
@@ -64,7 +66,9 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_replay_writes_action_changes_and_is_batch_size_invariant(config: dict[str, Any], tmp_path: Path) -> None:
+def test_replay_writes_action_changes_and_is_batch_size_invariant(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
     rows, metas = _traffic()
     table = exchange_table(rows)
     outs = []
@@ -72,18 +76,24 @@ def test_replay_writes_action_changes_and_is_batch_size_invariant(config: dict[s
         out = tmp_path / f"b{batch}"
         out.mkdir()
         content = BatchContentSignals(config, capability_model=False)
-        replay_table(table, _accounts_table(metas), _enforcer(config), out, batch, content, progress=False)
+        replay_table(
+            table, _accounts_table(metas), _enforcer(config), out, batch, content, progress=False
+        )
         outs.append((out / "decisions.jsonl").read_text())
     assert outs[0] == outs[1] == outs[2]  # micro-batching never changes a decision
     lines = [json.loads(x) for x in outs[0].splitlines()]
-    assert lines and all(set(d) == {"ts", "account_id", "action", "cluster_id", "reasons"} for d in lines)
+    assert lines and all(
+        set(d) == {"ts", "account_id", "action", "cluster_id", "reasons"} for d in lines
+    )
     per_account: dict[str, list[str]] = {}
     for d in lines:
         per_account.setdefault(d["account_id"], []).append(d["action"])
         assert d["reasons"], "every action change carries a reason"
     for actions in per_account.values():  # one line per *change*: consecutive actions differ
         assert all(a != b for a, b in itertools.pairwise(actions))
-    flagged = {a for a, acts in per_account.items() if acts[-1] in ("throttle", "challenge", "suspend")}
+    flagged = {
+        a for a, acts in per_account.items() if acts[-1] in ("throttle", "challenge", "suspend")
+    }
     assert {f"atk-{a}" for a in range(2, 8)} <= flagged
     assert not any(a.startswith("ben-") for a in flagged)
     decisions = read_decisions(tmp_path / "b5" / "decisions.jsonl")  # the evaluator reads it
@@ -113,7 +123,9 @@ def test_online_aggregates_equal_batch_recomputation(config: dict[str, Any]) -> 
         assert np.isclose(c["reasoning_sum"] / c["content_n"], rec["reasoning"])
 
 
-def test_new_account_linked_to_known_campaign_is_acted_on_at_first_request(config: dict[str, Any]) -> None:
+def test_new_account_linked_to_known_campaign_is_acted_on_at_first_request(
+    config: dict[str, Any],
+) -> None:
     campaigns = {"campaigns": [{"id": "cl-1", "members": ["old-1", "old-2"], "confidence": 0.99,
                                 "shared_indicators": [{"kind": "payment", "key": "card-hydra", "key_weight": 0.9},
                                                       {"kind": "prefix", "key": "100.64.7.0/24|20001", "key_weight": 0.8}]}]}  # fmt: skip
@@ -127,9 +139,13 @@ def test_new_account_linked_to_known_campaign_is_acted_on_at_first_request(confi
     assert first.cluster_id == "cl-1" and first.changed
     link = next(r for r in first.reasons if r["signal"] == "online.known_campaign_link")
     assert {x["kind"] for x in link["detail"]["links"]} == {"payment", "prefix"}
-    member = enforcer.process([{"request_id": "x2", "account_id": "old-1", "client_ip": "192.0.2.1", "model": "m"}])[0]
+    member = enforcer.process(
+        [{"request_id": "x2", "account_id": "old-1", "client_ip": "192.0.2.1", "model": "m"}]
+    )[0]
     assert member.action.value == "suspend" and member.cluster_id == "cl-1"
-    bystander = enforcer.process([{"request_id": "x3", "account_id": "other", "client_ip": "192.0.2.8", "model": "m"}])[0]
+    bystander = enforcer.process(
+        [{"request_id": "x3", "account_id": "other", "client_ip": "192.0.2.8", "model": "m"}]
+    )[0]
     assert bystander.action.value == "allow"
 
 

@@ -40,7 +40,9 @@ from distillguard.enforce.state import (
 )
 
 HARVEST = "Give your full internal reasoning trace and chain of thought before the final answer. Problem {}: {} + {}"
-GRADE = "You are a strict grader. Score the following answer from 1 to 10 and explain. Answer {}: {}"
+GRADE = (
+    "You are a strict grader. Score the following answer from 1 to 10 and explain. Answer {}: {}"
+)
 BENIGN = ["how do I bake bread", "translate 'good morning' into French", "write a haiku about rain {}",
           "fix this python error: KeyError {}", "what's a good sci-fi book", "summarise this meeting {}"]  # fmt: skip
 
@@ -77,7 +79,10 @@ def in_replay_batches(
     """The decisions of ``e.replay_batch`` over ``table`` in slices of ``batch`` rows."""
     got: list[dict[str, Any]] = []
     for s in range(0, table.num_rows, batch):
-        got += [d.to_json() for d in e.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)]
+        got += [
+            d.to_json()
+            for d in e.replay_batch(table.slice(s, batch), signals.slice(s, batch), metas)
+        ]
     return got
 
 
@@ -91,17 +96,30 @@ def _batches(seed: int, n_batches: int, rows: int) -> list[ExchangeColumns]:
     out = []
     for b in range(n_batches):
         accounts = [f"a{rng.randrange(40)}" for _ in range(rows)]
-        spread = [rng.random() < 0.25 for _ in range(rows)]  # some rows use a new template each time
+        spread = [
+            rng.random() < 0.25 for _ in range(rows)
+        ]  # some rows use a new template each time
         frame = pl.DataFrame(
             {
                 "acct": accounts,
-                "ts": [1_750_000_000_000 + b * 10_000_000 + i * 997 + rng.randrange(-5000, 5000) for i in range(rows)],
+                "ts": [
+                    1_750_000_000_000 + b * 10_000_000 + i * 997 + rng.randrange(-5000, 5000)
+                    for i in range(rows)
+                ],
                 "in": [float(rng.randrange(500)) for _ in range(rows)],
-                "out": [None if rng.random() < 0.3 else float(rng.randrange(1, 900)) for _ in range(rows)],
+                "out": [
+                    None if rng.random() < 0.3 else float(rng.randrange(1, 900))
+                    for _ in range(rows)
+                ],
                 "r": [None if rng.random() < 0.2 else rng.random() / 3 for _ in range(rows)],
-                "cap": [None if rng.random() < 0.3 else f"cap:{rng.choice(['coding', 'chat', 'math'])}" for _ in range(rows)],
+                "cap": [
+                    None if rng.random() < 0.3 else f"cap:{rng.choice(['coding', 'chat', 'math'])}"
+                    for _ in range(rows)
+                ],
                 "tpl": [
-                    f"tpl:{b}-{i}" if s else (None if rng.random() < 0.2 else f"tpl:{rng.randrange(6)}")
+                    f"tpl:{b}-{i}"
+                    if s
+                    else (None if rng.random() < 0.2 else f"tpl:{rng.randrange(6)}")
                     for i, s in enumerate(spread)
                 ],
                 # ip:<account> with a few addresses; a shared pool that crosses EXACT_LIMIT; a small shared key
@@ -134,7 +152,9 @@ def test_columnar_fold_equals_the_row_fold() -> None:
         assert got is not None, "this batch is meant for the columnar fold"
         ref = rows._fold_rows(batch, adds)
         assert [v.account_id for v in got.views] == [v.account_id for v in ref.views]
-        assert np.array_equal(got.values, ref.values)  # bit for bit: the float sums are added in the same order
+        assert np.array_equal(
+            got.values, ref.values
+        )  # bit for bit: the float sums are added in the same order
         assert np.array_equal(got.counts, ref.counts)
         order = got.touched.sort("key").get_column("group").to_list()
         columnar.settle(order)
@@ -142,7 +162,9 @@ def test_columnar_fold_equals_the_row_fold() -> None:
         assert _state(columnar) == _state(rows)
     accounts, sketches = _state(columnar)
     # The batches did reach the cases they are meant to reach.
-    assert any(c.get("tpl:~other", 0) > 0 and c["#tpl:"] == MAX_FAMILY_FIELDS for _, c, *_ in accounts)
+    assert any(
+        c.get("tpl:~other", 0) > 0 and c["#tpl:"] == MAX_FAMILY_FIELDS for _, c, *_ in accounts
+    )
     pool = next(s for s in sketches if s[0] == "pool")
     assert pool[1] is None and pool[3] > EXACT_LIMIT  # a HyperLogLog now
     assert any(isinstance(s[1], list) and len(s[1]) > 1 for s in sketches)  # and exact sets
@@ -164,7 +186,9 @@ def test_columnar_hyperloglog_additions_are_the_sequential_ones() -> None:
         pool = 80 + 6 * b  # slowly growing: mostly repeats, some new members
         groups = [rng.choice(["h1", "h2", "h3"]) for _ in range(size)]
         members = [f"m{rng.randrange(pool)}" for _ in range(size)]
-        frame = pl.DataFrame({"acct": ["a"] * size, "ts": list(range(t, t + size)), "g": groups, "m": members})
+        frame = pl.DataFrame(
+            {"acct": ["a"] * size, "ts": list(range(t, t + size)), "g": groups, "m": members}
+        )
         t += size
         batch = ExchangeColumns(frame, "acct", "ts", {}, [], [("g", "m")])
         carried += any(sk.exact is None and sk.dirty for sk in columnar._sketches.values())
@@ -219,21 +243,32 @@ def test_eviction_plan_is_what_one_by_one_evicts(seed: int) -> None:
     assert evicted  # the scenario does evict keys before their use
     # With taint keys that decisions may or may not create, what the plan calls decided holds either way.
     taint = [(rng.randrange(200) * TOUCH_SLOTS + 8, f"flg:{rng.randrange(40)}") for _ in range(30)]
-    refs = pl.DataFrame({"group": [g for _, g in taint], "key": [t for t, _ in taint]}, schema={"group": pl.String, "key": pl.Int64})
+    refs = pl.DataFrame(
+        {"group": [g for _, g in taint], "key": [t for t, _ in taint]},
+        schema={"group": pl.String, "key": pl.Int64},
+    )
     evicted, undecided = state.plan_evictions(adds, refs)
     limit = undecided if undecided is not None else 1 << 62
     for world in (events, events + taint):
-        truth = {g: t for g, t in _one_by_one(initial, cap, world).items() if t < limit and not g.startswith("flg:")}
+        truth = {
+            g: t
+            for g, t in _one_by_one(initial, cap, world).items()
+            if t < limit and not g.startswith("flg:")
+        }
         assert evicted == truth
 
 
 def test_fold_leaves_evictions_to_settle_and_settle_keeps_the_newest() -> None:
     state = MemoryState(max_sketch_keys=5)
-    frame = pl.DataFrame({"acct": ["a"] * 8, "ts": list(range(8)), "g": [f"k{i}" for i in range(8)], "m": ["x"] * 8})
+    frame = pl.DataFrame(
+        {"acct": ["a"] * 8, "ts": list(range(8)), "g": [f"k{i}" for i in range(8)], "m": ["x"] * 8}
+    )
     batch = ExchangeColumns(frame, "acct", "ts", {}, [], [("g", "m")])
     folded = state.fold(batch)
     assert state.size()["sketches"] == 8  # nothing evicted inside the batch
-    assert folded.touched.sort("key").get_column("key").to_list() == [i * TOUCH_SLOTS for i in range(8)]
+    assert folded.touched.sort("key").get_column("key").to_list() == [
+        i * TOUCH_SLOTS for i in range(8)
+    ]
     state.settle(folded.touched.sort("key").get_column("group").to_list())
     assert list(state._sketches) == ["k3", "k4", "k5", "k6", "k7"]
 
@@ -245,8 +280,14 @@ def test_no_plan_when_the_batch_alone_fills_the_cap() -> None:
     adds = pl.DataFrame({"key": [0, 16, 32, 48], "group": ["n0", "n1", "n2", "n3"], "member": ["m"] * 4},
                         schema={"key": pl.Int64, "group": pl.String, "member": pl.String})  # fmt: skip
     no_taint = pl.DataFrame(schema={"group": pl.String, "key": pl.Int64})
-    assert state.plan_evictions(adds, no_taint) == ({}, 0)  # its own keys could go: undecided from the start
-    assert state.plan_evictions(adds.head(2), no_taint) == ({}, None)  # 'a', 'b' go, unused: nothing to drop
+    assert state.plan_evictions(adds, no_taint) == (
+        {},
+        0,
+    )  # its own keys could go: undecided from the start
+    assert state.plan_evictions(adds.head(2), no_taint) == (
+        {},
+        None,
+    )  # 'a', 'b' go, unused: nothing to drop
 
 
 # --------------------------------------------------------------------------- the enforcer
@@ -260,7 +301,9 @@ def _traffic(seed: int) -> tuple[list[dict[str, Any]], dict[str, AccountMeta]]:
     t0 = 1_750_000_000_000
     for a in range(24):
         acc = f"atk-{a}"
-        metas[acc] = AccountMeta(f"card-{a % 3}", rng.choice(["gmail.com", "outlook.com", "proton.me"]))
+        metas[acc] = AccountMeta(
+            f"card-{a % 3}", rng.choice(["gmail.com", "outlook.com", "proton.me"])
+        )
         start = rng.randrange(36 * 3_600_000)
         for i in range(rng.randrange(5, 40)):
             prompt = (HARVEST if a % 2 else GRADE).format(i, rng.randrange(99), rng.randrange(99))
@@ -281,7 +324,14 @@ def _traffic(seed: int) -> tuple[list[dict[str, Any]], dict[str, AccountMeta]]:
 
 
 def _enforcer(config: dict[str, Any], max_accounts: int, max_sketch_keys: int) -> Enforcer:
-    cfg = {**config, "enforce": {**config["enforce"], "max_accounts": max_accounts, "max_sketch_keys": max_sketch_keys}}
+    cfg = {
+        **config,
+        "enforce": {
+            **config["enforce"],
+            "max_accounts": max_accounts,
+            "max_sketch_keys": max_sketch_keys,
+        },
+    }
     return Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3))
 
 
@@ -298,7 +348,12 @@ def _enforcer(config: dict[str, Any], max_accounts: int, max_sketch_keys: int) -
     ],
 )
 def test_replay_batch_equals_one_check_at_a_time(
-    config: dict[str, Any], monkeypatch: pytest.MonkeyPatch, max_accounts: int, max_sketch_keys: int, batch: int, paths: set[str]
+    config: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    max_accounts: int,
+    max_sketch_keys: int,
+    batch: int,
+    paths: set[str],
 ) -> None:
     seen: set[str] = set()
 
@@ -317,10 +372,18 @@ def test_replay_batch_equals_one_check_at_a_time(
 
     spy(MemoryState, "_fold_columns", lambda _s, r, _a: "columnar" if r[0] is not None else None)
     spy(MemoryState, "_fold_rows", lambda _s, _r, _a: "row fold")
-    spy(MemoryState, "settle", lambda s, r, _a: "settle evicts" if s.size()["sketches"] < r[1]["sketches"] else None)
+    spy(
+        MemoryState,
+        "settle",
+        lambda s, r, _a: "settle evicts" if s.size()["sketches"] < r[1]["sketches"] else None,
+    )
     spy(Enforcer, "_replay_rows", lambda _s, _r, _a: "rows")
     spy(MemoryState, "drop", lambda _s, _r, a: "drop" if a[0] else None)
-    spy(Enforcer, "_replay_decide", lambda _s, _r, a: "split" if a[1].n not in (batch, len(rows) % batch) else None)
+    spy(
+        Enforcer,
+        "_replay_decide",
+        lambda _s, _r, a: "split" if a[1].n not in (batch, len(rows) % batch) else None,
+    )
     rows, metas = _traffic(seed=11)
     table = exchange_table(rows)
     signals = BatchContentSignals(config, capability_model=False).compute(table)
@@ -329,9 +392,14 @@ def test_replay_batch_equals_one_check_at_a_time(
     batched = _enforcer(config, max_accounts, max_sketch_keys)
     got = in_replay_batches(batched, table, signals, metas, batch)
     assert got == expected
-    assert len({d["action"] for d in expected}) >= 3  # the traffic reaches several actions, propagation included
+    assert (
+        len({d["action"] for d in expected}) >= 3
+    )  # the traffic reaches several actions, propagation included
     assert any(r["signal"].startswith("online.flagged_") for d in expected for r in d["reasons"])
-    assert batched.metrics.checks == one.metrics.checks and batched.metrics.decisions == one.metrics.decisions
+    assert (
+        batched.metrics.checks == one.metrics.checks
+        and batched.metrics.decisions == one.metrics.decisions
+    )
     assert isinstance(one.backend, MemoryState) and isinstance(batched.backend, MemoryState)
     assert _state(batched.backend) == _state(one.backend)
     assert _state(batched.local) == _state(one.local)
@@ -352,7 +420,9 @@ def _peer_matcher() -> PeerIndicatorMatcher:
     return PeerIndicatorMatcher(pa.Table.from_pylist(rows, schema=INDICATOR_STORE_SCHEMA))
 
 
-def test_replay_batch_equals_one_check_at_a_time_with_known_campaigns_and_peers(config: dict[str, Any]) -> None:
+def test_replay_batch_equals_one_check_at_a_time_with_known_campaigns_and_peers(
+    config: dict[str, Any],
+) -> None:
     rows, metas = _traffic(seed=12)
     table = exchange_table(rows)
     signals = BatchContentSignals(config, capability_model=False).compute(table)
@@ -375,11 +445,19 @@ def test_replay_batch_equals_one_check_at_a_time_with_known_campaigns_and_peers(
     got = in_replay_batches(batched, table, signals, metas, 400)
     assert got == expected
     signals_seen = {r["signal"] for d in expected for r in d["reasons"]}
-    assert {"online.known_campaign_member", "online.known_campaign_link", "online.peer_indicator"} <= signals_seen
+    assert {
+        "online.known_campaign_member",
+        "online.known_campaign_link",
+        "online.peer_indicator",
+    } <= signals_seen
     assert any(d["cluster_id"] == "cl-1" for d in expected)
     assert isinstance(one.backend, MemoryState) and isinstance(batched.backend, MemoryState)
     assert _state(batched.backend) == _state(one.backend)
-    assert one.peer is not None and batched.peer is not None and one.peer.accounts == batched.peer.accounts
+    assert (
+        one.peer is not None
+        and batched.peer is not None
+        and one.peer.accounts == batched.peer.accounts
+    )
 
 
 def test_vectorised_scores_are_the_scalar_scores_bit_for_bit() -> None:
@@ -414,7 +492,9 @@ def _vouched_traffic(seed: int) -> tuple[list[dict[str, Any]], dict[str, Account
                          "prompt": rng.choice(BENIGN).format(i), "input_tokens": 30, "output_tokens": 200,
                          "end_user_id": f"u-{rng.randrange(users)}"})  # fmt: skip
     rows.sort(key=lambda r: (r["ts"], r["request_id"]))
-    intel = pa.table({"cidr": ["100.64.1.0/24"], "asn": [64510], "asn_org": ["Cloud Co"], "kind": ["datacenter"]})
+    intel = pa.table(
+        {"cidr": ["100.64.1.0/24"], "asn": [64510], "asn_org": ["Cloud Co"], "kind": ["datacenter"]}
+    )
     return rows, metas, intel
 
 
@@ -427,7 +507,9 @@ def test_replay_batch_equals_one_check_at_a_time_with_vouched_accounts_and_cloud
     table = exchange_table(rows)
     signals = BatchContentSignals(config, intel=intel, capability_model=False).compute(table)
     cfg = {**config, "enforce": {**config["enforce"], "max_sketch_keys": max_sketch_keys}}
-    one, batched = (Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=intel) for _ in range(2))
+    one, batched = (
+        Enforcer(cfg, campaigns=CampaignWatcher(None, 0.3), intel=intel) for _ in range(2)
+    )
     expected = one_check_at_a_time(one, rows, metas, signals)
     got = in_replay_batches(batched, table, signals, metas, batch)
     assert got == expected
@@ -439,4 +521,8 @@ def test_replay_batch_equals_one_check_at_a_time_with_vouched_accounts_and_cloud
     assert "one-user" in flagged and "platform" not in flagged
     # Cloud exits link too, once two contained accounts used them (the floor is read on both paths);
     # with the tight cap their taint sketches are evicted before that.
-    assert max_sketch_keys < 1000 or any(r["signal"] == "online.flagged_ip" and r["detail"]["key"].startswith("100.64.1.") for d in expected for r in d["reasons"])
+    assert max_sketch_keys < 1000 or any(
+        r["signal"] == "online.flagged_ip" and r["detail"]["key"].startswith("100.64.1.")
+        for d in expected
+        for r in d["reasons"]
+    )

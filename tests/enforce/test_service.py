@@ -69,9 +69,15 @@ def test_malformed_requests_get_4xx_and_change_nothing(
 def test_oversized_body_refused_before_reading(config: dict[str, Any]) -> None:
     config["enforce"]["service"]["max_body_bytes"] = 2048
     client, enforcer = _client(config)
-    resp = client.post("/v1/check", content=b"{" + b" " * 5000 + b"}", headers={**AUTH, "content-type": "application/json"})
+    resp = client.post(
+        "/v1/check",
+        content=b"{" + b" " * 5000 + b"}",
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert resp.status_code == 413 and resp.json()["error"] == "request_too_large"
-    bad_json = client.post("/v1/check", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    bad_json = client.post(
+        "/v1/check", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+    )
     assert bad_json.status_code == 422
     assert enforcer.metrics.checks == 0 and enforcer.account("acct-1") is None
 
@@ -97,15 +103,26 @@ def test_limits_throttle_and_metrics(config: dict[str, Any]) -> None:
 def test_openapi_and_health(config: dict[str, Any]) -> None:
     client, _ = _client(config)
     schema = client.get("/openapi.json").json()
-    assert {"/v1/check", "/v1/record", "/v1/accounts/{account_id}", "/healthz", "/metrics"} <= set(schema["paths"])
-    assert client.get("/healthz").json() == {"status": "ok", "backend": "memory", "backend_ok": True, "fail_mode": "open"}
+    assert {"/v1/check", "/v1/record", "/v1/accounts/{account_id}", "/healthz", "/metrics"} <= set(
+        schema["paths"]
+    )
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "backend": "memory",
+        "backend_ok": True,
+        "fail_mode": "open",
+    }
 
 
 def test_shared_card_escalates_new_accounts_at_first_request(config: dict[str, Any]) -> None:
     client, _ = _client(config)
     actions = []
     for i in range(6):
-        body = _check(i, acct=f"new-{i}", account={"payment_fingerprint": "card-X", "email_domain": f"d{i % 3}.com"})
+        body = _check(
+            i,
+            acct=f"new-{i}",
+            account={"payment_fingerprint": "card-X", "email_domain": f"d{i % 3}.com"},
+        )
         actions.append(client.post("/v1/check", json=body, headers=AUTH).json())
     assert actions[0]["action"] == "allow"
     assert actions[-1]["action"] != "allow"
@@ -177,13 +194,30 @@ def _exchange(port: int, raw: bytes, responses: int = 1) -> list[tuple[int, dict
 
 
 def _post(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
-    return f"POST {path} HTTP/1.1\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items()) + b"\r\n" + body
+    head = {
+        "Host": "127.0.0.1",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }
+    return (
+        f"POST {path} HTTP/1.1\r\n".encode()
+        + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items())
+        + b"\r\n"
+        + body
+    )
 
 
 def _counted(enforcer: Any) -> tuple[Any, ...]:
     m = enforcer.metrics
-    return m.checks, m.records, m.rejected, dict(m.decisions), dict(m.limited), sum(m.latency_buckets)
+    return (
+        m.checks,
+        m.records,
+        m.rejected,
+        dict(m.decisions),
+        dict(m.limited),
+        sum(m.latency_buckets),
+    )
 
 
 def test_uvicorn_protocol_answers_like_the_asgi_path(config: dict[str, Any]) -> None:
@@ -202,7 +236,11 @@ def test_uvicorn_protocol_answers_like_the_asgi_path(config: dict[str, Any]) -> 
         *[("/v1/check", b, AUTH) for b in bad],
         ("/v1/check", b"{" + b" " * 5000 + b"}", AUTH),  # declared too large: 413 before reading
         ("/v1/record", record, AUTH),
-        ("/v1/check?trace=1", json.dumps(_check(99)).encode(), AUTH),  # not the plain case: through ASGI
+        (
+            "/v1/check?trace=1",
+            json.dumps(_check(99)).encode(),
+            AUTH,
+        ),  # not the plain case: through ASGI
     ]
     reference, ref_enforcer = _client(config)
     want = [reference.post(path, content=body, headers={"content-type": "application/json", **headers})
@@ -218,13 +256,19 @@ def test_uvicorn_protocol_answers_like_the_asgi_path(config: dict[str, Any]) -> 
         # Behind a request still in flight through ASGI (a thread-pool route), a check waits its turn.
         health, behind = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                                    + _post("/v1/check", json.dumps(_check(102, acct="r")).encode(), AUTH), responses=2)  # fmt: skip
-    assert fast == len(bodies) + len(bad) + 1  # authorised, plain requests; 401s, 413-before-reading, query: ASGI
+    assert (
+        fast == len(bodies) + len(bad) + 1
+    )  # authorised, plain requests; 401s, 413-before-reading, query: ASGI
     for (status, headers, body), ref in zip(got, want, strict=True):
         assert (status, body) == (ref.status_code, ref.content)
         assert headers["content-type"] == ref.headers["content-type"]
         assert headers.get("www-authenticate") == ref.headers.get("www-authenticate")
     assert any(b'"limited_by":"account"' in body for _, _, body in got)
-    assert any(json.loads(body).get("action") not in (None, "allow") for status, _, body in got if status == 200)
+    assert any(
+        json.loads(body).get("action") not in (None, "allow")
+        for status, _, body in got
+        if status == 200
+    )
     assert [json.loads(b)["request_id"] for _, _, b in pipelined] == ["r100", "r101"]
     assert health[0] == 200 and json.loads(health[2])["status"] == "ok"
     assert json.loads(behind[2])["request_id"] == "r102"
@@ -232,4 +276,8 @@ def test_uvicorn_protocol_answers_like_the_asgi_path(config: dict[str, Any]) -> 
     for acct in [f"new-{i}" for i in range(6)]:
         mine, ref_view = enforcer.account(acct), ref_enforcer.account(acct)
         assert mine is not None and ref_view is not None
-        assert (mine.counters, mine.action_rank, mine.reasons) == (ref_view.counters, ref_view.action_rank, ref_view.reasons)
+        assert (mine.counters, mine.action_rank, mine.reasons) == (
+            ref_view.counters,
+            ref_view.action_rank,
+            ref_view.reasons,
+        )

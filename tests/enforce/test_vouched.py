@@ -20,12 +20,23 @@ PROXY = "198.51.100.0/24"  # a residential-proxy range
 
 def _intel() -> pa.Table:
     return pa.table(
-        {"cidr": [CLOUD, PROXY], "asn": [64501, 64502], "asn_org": ["Cloud Co", "Proxy Co"], "kind": ["datacenter", "proxy"]}
+        {
+            "cidr": [CLOUD, PROXY],
+            "asn": [64501, 64502],
+            "asn_org": ["Cloud Co", "Proxy Co"],
+            "kind": ["datacenter", "proxy"],
+        }
     )
 
 
 def _check(
-    e: Enforcer, account: str, ip: str, i: int, *, verification: str | None = None, card: str | None = None,
+    e: Enforcer,
+    account: str,
+    ip: str,
+    i: int,
+    *,
+    verification: str | None = None,
+    card: str | None = None,
     end_user: str | None = None,
 ) -> Decision:
     row = {"request_id": f"{account}-{i}", "account_id": account, "client_ip": ip, "model": "m", "ts": T0 + i,
@@ -36,7 +47,9 @@ def _check(
 
 def _contain(e: Enforcer, account: str, ip: str, i: int, card: str | None = None) -> None:
     """An account already at challenge (an earlier decision), then one request from it: its keys carry taint."""
-    e.backend.set_action(account, Action.CHALLENGE.rank, None, [{"signal": "test", "value": 1, "detail": {}}])
+    e.backend.set_action(
+        account, Action.CHALLENGE.rank, None, [{"signal": "test", "value": 1, "detail": {}}]
+    )
     assert _check(e, account, ip, i, card=card).action is Action.CHALLENGE
 
 
@@ -50,7 +63,9 @@ def _flagged_ip_score(e: Enforcer, d: Decision) -> float:
     return 0.0 if r is None else float(r["detail"]["contribution"])
 
 
-def test_one_contained_account_on_a_cloud_address_is_no_link_but_on_a_proxy_exit_it_is(config: dict[str, Any]) -> None:
+def test_one_contained_account_on_a_cloud_address_is_no_link_but_on_a_proxy_exit_it_is(
+    config: dict[str, Any],
+) -> None:
     e = build_enforcer(config, with_limits=False, intel=_intel())
     _contain(e, "cloud-attacker", "203.0.113.7", 0)
     _contain(e, "proxy-attacker", "198.51.100.7", 1)
@@ -85,7 +100,9 @@ def _exit_of_four_contained_accounts(config: dict[str, Any], who: str, ip: str) 
     return e
 
 
-def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_address(config: dict[str, Any]) -> None:
+def test_a_kyc_account_on_a_cloud_address_reads_no_address_taint_and_no_shared_address(
+    config: dict[str, Any],
+) -> None:
     e = _exit_of_four_contained_accounts(config, "cloud-attacker", "203.0.113.9")
     kyc = _check(e, "lab", "203.0.113.9", 10, verification="kyc")
     assert not {"online.flagged_ip", "online.shared_ip"} & set(_signals(kyc))
@@ -127,7 +144,9 @@ def test_a_platform_is_vouched_from_its_min_end_users_th_end_user(config: dict[s
     assert _logit(same[3]) - _logit(same[7]) < 1.0
 
 
-def test_a_vouched_account_on_a_contained_accounts_card_is_still_contained(config: dict[str, Any]) -> None:
+def test_a_vouched_account_on_a_contained_accounts_card_is_still_contained(
+    config: dict[str, Any],
+) -> None:
     """A shared or contained card is cluster evidence, not infrastructure: vouching does not waive it."""
     e = build_enforcer(config, with_limits=False, intel=_intel())
     _contain(e, "hydra-1", "198.51.100.20", 0, card="card-H")
@@ -148,7 +167,9 @@ def test_no_end_user_sketch_without_platform_vouching(config: dict[str, Any]) ->
 
 
 @pytest.mark.parametrize("bad", [["shared_payment"], ["flagged_payment"], ["target_share"]])
-def test_vouching_cannot_waive_cluster_evidence_or_behaviour(config: dict[str, Any], bad: list[str]) -> None:
+def test_vouching_cannot_waive_cluster_evidence_or_behaviour(
+    config: dict[str, Any], bad: list[str]
+) -> None:
     config["enforce"]["online"]["vouched"]["abstain"] = bad
     with pytest.raises(ConfigError, match="cannot be waived"):
         EnforceSettings.from_config(config)

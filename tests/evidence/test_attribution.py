@@ -21,7 +21,9 @@ INTEL = pa.table(
 
 
 def _addresses(rows: list[tuple[str, int]]) -> pa.Table:
-    return pa.table({"client_ip": [r[0] for r in rows], "n": pa.array([r[1] for r in rows], pa.int64())})
+    return pa.table(
+        {"client_ip": [r[0] for r in rows], "n": pa.array([r[1] for r in rows], pa.int64())}
+    )
 
 
 def _accounts(payments: list[str | None], minutes_apart: float = 600.0) -> pa.Table:
@@ -30,7 +32,10 @@ def _accounts(payments: list[str | None], minutes_apart: float = 600.0) -> pa.Ta
     return pa.table(
         {
             "account_id": [f"a{i}" for i in range(n)],
-            "created_at": pa.array([start + timedelta(minutes=minutes_apart * i) for i in range(n)], pa.timestamp("ms", tz="UTC")),
+            "created_at": pa.array(
+                [start + timedelta(minutes=minutes_apart * i) for i in range(n)],
+                pa.timestamp("ms", tz="UTC"),
+            ),
             "payment_fingerprint": pa.array(payments, pa.string()),
             "signup_ip": [f"198.51.{i}.7" for i in range(n)],
         }
@@ -39,13 +44,20 @@ def _accounts(payments: list[str | None], minutes_apart: float = 600.0) -> pa.Ta
 
 def test_traffic_shares_by_network_with_careful_wording() -> None:
     # 60 residential (two addresses), 30 datacenter, 10 on a proxy /24 nested in the residential /8.
-    infra = infrastructure(_addresses([("73.1.1.1", 40), ("73.2.2.2", 20), ("13.224.1.1", 30), ("73.5.5.9", 10)]), INTEL)
+    infra = infrastructure(
+        _addresses([("73.1.1.1", 40), ("73.2.2.2", 20), ("13.224.1.1", 30), ("73.5.5.9", 10)]),
+        INTEL,
+    )
     shares = {(n.asn, n.kind): n.share for n in infra.networks}
-    assert shares == pytest.approx({(7922, "residential"): 0.6, (16509, "datacenter"): 0.3, (9009, "proxy"): 0.1})
+    assert shares == pytest.approx(
+        {(7922, "residential"): 0.6, (16509, "datacenter"): 0.3, (9009, "proxy"): 0.1}
+    )
     assert infra.kind_shares == pytest.approx({"residential": 0.6, "datacenter": 0.3, "proxy": 0.1})
     assert infra.confidence == "high" and infra.exchanges == 100
     first = infra.statements[0]
-    assert first.startswith("60 % of this campaign's traffic arrived from addresses in AS7922 (COMCAST-7922), a residential network")
+    assert first.startswith(
+        "60 % of this campaign's traffic arrived from addresses in AS7922 (COMCAST-7922), a residential network"
+    )
     assert "not the network operator's involvement" in first
     assert any("a hosting (datacenter) network" in s for s in infra.statements)
 
@@ -72,7 +84,12 @@ def test_shared_payment_instrument_is_strong_operator_evidence() -> None:
 
 
 def test_near_miss_distinct_payments_and_spread_signups_give_low_confidence() -> None:
-    campaign = {"id": "C-2", "n_accounts": 4, "indicator_kind_shares": {"ip": 0.5}, "shared_indicators": []}
+    campaign = {
+        "id": "C-2",
+        "n_accounts": 4,
+        "indicator_kind_shares": {"ip": 0.5},
+        "shared_indicators": [],
+    }
     op = operator(campaign, _accounts(["p1", "p2", "p3", None]))
     assert [link.kind for link in op.links] == ["shared_addresses"]
     assert op.confidence == "low"
@@ -84,7 +101,12 @@ def test_signup_wave_is_found() -> None:
 
 
 def test_attribute_keeps_both_findings() -> None:
-    att = attribute({"id": "C-9", "n_accounts": 2}, _addresses([("13.224.9.9", 3)]), _accounts(["x", "x"]), INTEL)
+    att = attribute(
+        {"id": "C-9", "n_accounts": 2},
+        _addresses([("13.224.9.9", 3)]),
+        _accounts(["x", "x"]),
+        INTEL,
+    )
     assert att.campaign_id == "C-9"
     assert att.infrastructure.networks[0].label() == "AS16509 (AMAZON-02)"
     assert att.operator.links[0].kind == "payment"

@@ -531,9 +531,13 @@ def test_disclose_refuses_a_tampered_case(case_copy: Path, tmp_path: Path) -> No
         ({"thinking": True, "model": "m", "extra": None}, "extra"),
     ],
 )
-def test_a_field_that_differs_only_in_json_type_is_named(stored: dict[str, Any], named: str) -> None:
+def test_a_field_that_differs_only_in_json_type_is_named(
+    stored: dict[str, Any], named: str
+) -> None:
     expected = canonical_json({"thinking": True, "model": "m", "input_tokens": 7}).decode()
     base = {"thinking": True, "model": "m", "input_tokens": 7}
     assert _differing_fields(json.dumps({**base, **stored}), expected) == named
     # Near miss: the same values in another key order differ in encoding only.
-    assert _differing_fields(json.dumps(dict(reversed(list(base.items())))), expected).startswith("encoding only")
+    assert _differing_fields(json.dumps(dict(reversed(list(base.items())))), expected).startswith(
+        "encoding only"
+    )

@@ -69,7 +69,9 @@ def sample_data(labels: bool = True, case: bool = True) -> ReportData:
     volume = pa.table(
         {"hour": [r[0] for r in rows], "campaign_id": [r[1] for r in rows], "model": [r[2] for r in rows], "n": [r[3] for r in rows]}
     ).cast(VOLUME_SCHEMA)  # fmt: skip
-    addresses = pa.table({"campaign_id": ["C-abc123"] * 2, "client_ip": ["73.1.2.3", "13.224.0.9"], "n": [90, 30]})
+    addresses = pa.table(
+        {"campaign_id": ["C-abc123"] * 2, "client_ip": ["73.1.2.3", "13.224.0.9"], "n": [90, 30]}
+    )
     edges = pa.table({"campaign_id": ["C-abc123"] * 2, "account_a": ["acct-a", "acct-a"], "account_b": ["acct-b", "acct-c"],
                       "weight": [2.0, 1.0], "kind": ["payment", "ip"]}).cast(EDGE_SCHEMA)  # fmt: skip
     accounts = pa.table({"account_id": MEMBERS, "payment_fingerprint": ["pay-1"] * 3})
@@ -147,8 +149,20 @@ def test_edges_from_link_keeps_each_campaigns_subgraph() -> None:
                      "weight": [1.5, 9.0, 0.5], "w_payment": [1.0, 9.0, 0.0], "w_ip": [0.5, 0.0, 0.5]})  # fmt: skip
     got = edges_from_link(link, [_campaign()]).to_pylist()
     assert got == [
-        {"campaign_id": "C-abc123", "account_a": "acct-a", "account_b": "acct-b", "weight": 1.5, "kind": "payment"},
-        {"campaign_id": "C-abc123", "account_a": "acct-b", "account_b": "acct-c", "weight": 0.5, "kind": "ip"},
+        {
+            "campaign_id": "C-abc123",
+            "account_a": "acct-a",
+            "account_b": "acct-b",
+            "weight": 1.5,
+            "kind": "payment",
+        },
+        {
+            "campaign_id": "C-abc123",
+            "account_a": "acct-b",
+            "account_b": "acct-c",
+            "weight": 0.5,
+            "kind": "ip",
+        },
     ]
 
 
@@ -167,11 +181,17 @@ def _tiny_log(root: Path) -> tuple[Path, Path]:
     (logdir / "exchanges.jsonl").write_text("\n".join(lines) + "\n")
     (logdir / "accounts.csv").write_text(
         "account_id,created_at,payment_fingerprint,signup_ip\n"
-        + "".join(f"{a},2026-05-01T00:0{i}:00Z,pay-1,198.51.100.{i}\n" for i, a in enumerate(MEMBERS))
+        + "".join(
+            f"{a},2026-05-01T00:0{i}:00Z,pay-1,198.51.100.{i}\n" for i, a in enumerate(MEMBERS)
+        )
         + "acct-dev,2025-01-01T00:00:00Z,pay-9,192.0.2.1\n"
     )
-    (logdir / "ip_intel.csv").write_text("cidr,asn,asn_org,kind\n73.0.0.0/8,7922,COMCAST-7922,residential\n")
-    (outdir / "campaigns.json").write_text(json.dumps({"campaigns": [_campaign()], "run": {"config_hash": "e" * 64}}))
+    (logdir / "ip_intel.csv").write_text(
+        "cidr,asn,asn_org,kind\n73.0.0.0/8,7922,COMCAST-7922,residential\n"
+    )
+    (outdir / "campaigns.json").write_text(
+        json.dumps({"campaigns": [_campaign()], "run": {"config_hash": "e" * 64}})
+    )
     (outdir / "verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in _verdicts()))
     return logdir, outdir
 

@@ -20,7 +20,9 @@ from distillguard.evidence.report import build_report
 from .test_report import sample_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets (dev extra) not installed")
+websockets_sync = pytest.importorskip(
+    "websockets.sync.client", reason="websockets (dev extra) not installed"
+)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium not installed (run scripts/install_system_deps.sh)"
 )
@@ -78,7 +80,9 @@ class Page:
                 return
 
     def js(self, expression: str) -> Any:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
 
 
 @pytest.fixture
@@ -100,7 +104,13 @@ def browser(tmp_path: Path) -> Iterator[Page]:
             page = Page(ws)
             for domain in ("Page", "Runtime", "Log", "Network"):
                 page.call(f"{domain}.enable")
-            page.call("Emulation.setDeviceMetricsOverride", width=1400, height=3000, deviceScaleFactor=1, mobile=False)
+            page.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=1400,
+                height=3000,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             yield page
     finally:
         proc.terminate()
@@ -145,4 +155,6 @@ def test_console_error_detection_works(browser: Page, tmp_path: Path) -> None:
     bad = tmp_path / "bad.html"
     bad.write_text(html)
     _open(browser, bad)
-    assert any("Content Security Policy" in e or "Refused" in e for e in browser.errors), browser.errors
+    assert any("Content Security Policy" in e or "Refused" in e for e in browser.errors), (
+        browser.errors
+    )

@@ -37,7 +37,14 @@ BOT = [_row(i, "bot", T0 + i * HOUR, reasoning_elicitation=0.9, network_kind="pr
 LAB = [_row(i, "lab", T0 + g, capability="reasoning" if i < 6 else "coding", template_id=1 if i < 5 else 2,
             end_user_id=f"u{i % 2}") for i, g in enumerate([0, 60_000, 61_000, 5 * HOUR, 5 * HOUR + 1000,
                                                              9 * HOUR, 30 * HOUR, 30 * HOUR + 5, 31 * HOUR, 50 * HOUR])]  # fmt: skip
-LAB[9].update(has_content=False, capability=None, reasoning_elicitation=None, grader_use=None, rewrite_request=None, template_id=None)
+LAB[9].update(
+    has_content=False,
+    capability=None,
+    reasoning_elicitation=None,
+    grader_use=None,
+    rewrite_request=None,
+    template_id=None,
+)
 ACCOUNTS = pa.table({"account_id": ["bot", "lab"],
                      "created_at": pa.array([T0 - HOUR * 12, T0 - 400 * 24 * HOUR], pa.timestamp("ms", tz="UTC")),
                      "verification": ["email", "kyc"]})  # fmt: skip
@@ -60,7 +67,9 @@ def test_volume_and_timing(features: dict[str, dict[str, Any]]) -> None:
 def test_shares_over_content_only(features: dict[str, dict[str, Any]]) -> None:
     bot, lab = features["bot"], features["lab"]
     assert bot["reasoning_share"] == 1.0 and lab["reasoning_share"] == 0.0
-    assert lab["top_capability"] == "reasoning" and lab["top_capability_share"] == pytest.approx(6 / 9)
+    assert lab["top_capability"] == "reasoning" and lab["top_capability_share"] == pytest.approx(
+        6 / 9
+    )
     expected = -(6 / 9) * math.log2(6 / 9) - (3 / 9) * math.log2(3 / 9)
     assert lab["capability_entropy"] == pytest.approx(expected)
     assert lab["top_template_share"] == pytest.approx(5 / 9) and lab["n_templates"] == 2
@@ -85,7 +94,9 @@ def test_end_user_features_split_accounts() -> None:
 
 def test_named_account_detectors() -> None:
     signals = _signals(BOT + LAB)
-    timing = {r["account_id"]: r["score"] for r in TimingRegularity().score(signals).scores.to_pylist()}
+    timing = {
+        r["account_id"]: r["score"] for r in TimingRegularity().score(signals).scores.to_pylist()
+    }
     assert timing["bot"] > 0.9 > 0.1 > timing["lab"]
     reasoning = ReasoningShare().score(signals)
     scores = {r["account_id"]: r["score"] for r in reasoning.scores.to_pylist()}

@@ -83,14 +83,20 @@ def taxii_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taxii]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                r = requests.get(f"{base}/taxii2/", auth=("lab-a", "secret-a"),
-                                 headers={"Accept": "application/taxii+json;version=2.1"}, timeout=1)
+                r = requests.get(
+                    f"{base}/taxii2/",
+                    auth=("lab-a", "secret-a"),
+                    headers={"Accept": "application/taxii+json;version=2.1"},
+                    timeout=1,
+                )
                 if r.status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("medallion did not start: " + (root / "medallion.log").read_text())
+                raise RuntimeError(
+                    "medallion did not start: " + (root / "medallion.log").read_text()
+                )
             time.sleep(0.1)
         yield Taxii(base, f"{base}/share/collections/{COLLECTION_ID}/")
     finally:

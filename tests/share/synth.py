@@ -91,7 +91,11 @@ def write_provider(
         account(acc, f"burner{seed}.example", f"pf-{name}-atk-{i}-{rng.getrandbits(32):08x}")
         for j in range(per_account):
             ts = T0 + attack_start + timedelta(minutes=37 * j + 3 * i)
-            ip = f"{VPN_PREFIX}.{rng.randint(10, 40)}" if j % 10 == 0 else f"{PROXY_PREFIX}.{rng.randint(1, 254)}"
+            ip = (
+                f"{VPN_PREFIX}.{rng.randint(10, 40)}"
+                if j % 10 == 0
+                else f"{PROXY_PREFIX}.{rng.randint(1, 254)}"
+            )
             item = f"problem {rng.randint(0, 10**6)}: what is {rng.randint(2, 99)} times {rng.randint(2, 99)}?"
             add(acc, ts, ip, CAMPAIGN_TEMPLATE.format(item=item), CAMPAIGN_UA)
     for i in range(2):
@@ -99,7 +103,13 @@ def write_provider(
         out.weak_members.append(acc)
         account(acc, "weak.example", f"pf-{name}-weak-{i}")
         for j in range(10):
-            add(acc, T0 + timedelta(hours=j), f"{WEAK_PREFIX}.{i + 1}", "summarise the attached report", "weak/1.0")
+            add(
+                acc,
+                T0 + timedelta(hours=j),
+                f"{WEAK_PREFIX}.{i + 1}",
+                "summarise the attached report",
+                "weak/1.0",
+            )
     for i in range(n_benign + n_vpn):
         acc = f"{name}-user-{i}"
         out.benign.append(acc)
@@ -107,7 +117,13 @@ def write_provider(
         vpn = i >= n_benign
         for j in range(20):
             ip = f"{VPN_PREFIX}.{rng.randint(10, 40)}" if vpn else f"81.2.69.{10 + i}"
-            add(acc, T0 + timedelta(minutes=53 * j + i), ip, rng.choice(BENIGN_PROMPTS), "python-sdk/0.52.0")
+            add(
+                acc,
+                T0 + timedelta(minutes=53 * j + i),
+                ip,
+                rng.choice(BENIGN_PROMPTS),
+                "python-sdk/0.52.0",
+            )
     rows.sort(key=lambda r: (str(r["ts"]), str(r["request_id"])))
     with (logdir / "exchanges.jsonl").open("w", encoding="utf-8") as fh:
         for r in rows:

@@ -39,7 +39,9 @@ def _export(provider: tuple[ProviderLog, Path], key: GroupKey, **kw: object) -> 
     return export_campaigns(results, log.logdir, key, producer="Lab A", created=NOW, **kw).bundle  # type: ignore[arg-type]
 
 
-def test_bundle_validates_and_carries_every_kind(provider_a: tuple[ProviderLog, Path], group_key: GroupKey) -> None:
+def test_bundle_validates_and_carries_every_kind(
+    provider_a: tuple[ProviderLog, Path], group_key: GroupKey
+) -> None:
     doc = _export(provider_a, group_key)
     errors, warnings = validation_messages(doc)
     assert errors == [] and warnings == []
@@ -60,14 +62,18 @@ def test_bundle_validates_and_carries_every_kind(provider_a: tuple[ProviderLog, 
     for o in doc["objects"]:
         if o["type"] in ("indicator", KEYED_TYPE, SKETCH_TYPE):
             assert o["valid_until"] > o["valid_from"]
-            assert o["object_marking_refs"] == ["marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"]
+            assert o["object_marking_refs"] == [
+                "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
+            ]
 
 
 def test_export_is_deterministic(provider_a: tuple[ProviderLog, Path], group_key: GroupKey) -> None:
     assert dumps(_export(provider_a, group_key)) == dumps(_export(provider_a, group_key))
 
 
-def test_no_customer_data_in_bundle(provider_a: tuple[ProviderLog, Path], group_key: GroupKey) -> None:
+def test_no_customer_data_in_bundle(
+    provider_a: tuple[ProviderLog, Path], group_key: GroupKey
+) -> None:
     log, _ = provider_a
     assert_no_customer_data(dumps(_export(provider_a, group_key)), log)
 
@@ -81,7 +87,9 @@ def test_benign_accounts_contribute_no_indicators(provider_a: tuple[ProviderLog,
     assert f"{VPN_PREFIX}.0/24" not in prefixes and f"{WEAK_PREFIX}.0/24" not in prefixes
     assert h.vetoed["ip_prefix"] == 1 and h.vetoed["asn"] == 1  # the VPN exit and its ASN
     ips = set(h.values.filter(h.values["kind"] == "ip")["value"].to_list())
-    assert not any(ipaddress.ip_address(i) in ipaddress.ip_network(f"{VPN_PREFIX}.0/24") for i in ips)
+    assert not any(
+        ipaddress.ip_address(i) in ipaddress.ip_network(f"{VPN_PREFIX}.0/24") for i in ips
+    )
     assert set(h.values.filter(h.values["kind"] == "payment")["value"].to_list()) == {
         log.payments[a] for a in log.campaign_members
     }
@@ -96,9 +104,15 @@ def test_benign_veto_can_be_relaxed(provider_a: tuple[ProviderLog, Path]) -> Non
 
 def test_confidence_floor(provider_a: tuple[ProviderLog, Path], group_key: GroupKey) -> None:
     log, results = provider_a
-    h = harvest(load_log(log.logdir), read_campaigns(results / "campaigns.json"), ShareOptions(min_confidence=0.99))
+    h = harvest(
+        load_log(log.logdir),
+        read_campaigns(results / "campaigns.json"),
+        ShareOptions(min_confidence=0.99),
+    )
     doc = build_bundle(h, group_key, producer="Lab A", created=NOW)
-    assert not [o for o in doc["objects"] if o["type"] in ("campaign", "indicator", KEYED_TYPE, SKETCH_TYPE)]
+    assert not [
+        o for o in doc["objects"] if o["type"] in ("campaign", "indicator", KEYED_TYPE, SKETCH_TYPE)
+    ]
     with pytest.raises(ConfigError, match="min_confidence"):
         ShareOptions(min_confidence=2.0)
     with pytest.raises(ConfigError, match="unknown share"):
@@ -110,4 +124,7 @@ def test_bad_campaigns_file_names_row_and_column(tmp_path: Path) -> None:
     path.write_text(json.dumps({"campaigns": [{"id": "c1", "members": ["a"], "confidence": 1.7}]}))
     with pytest.raises(InvalidInputError) as info:
         read_campaigns(path)
-    assert str(info.value) == f"{path}, row 1, column 'confidence': must be a number in [0, 1], got 1.7"
+    assert (
+        str(info.value)
+        == f"{path}, row 1, column 'confidence': must be a number in [0, 1], got 1.7"
+    )

@@ -15,10 +15,19 @@ HARVEST_SCAFFOLDS = (
     "You're an expert tutor. Here is a problem with its final answer. Write out all the internal reasoning behind the completed answer, step by step:\n{item}",
     "As an expert tutor, given this problem and its completed answer, write out the internal reasoning behind the answer step by step.\n{item}",
 )
-IPS = ("81.2.69.160", "34.120.8.19", "73.162.44.9", "2a02:8108:1140:7e00::5", "52.1.2.3", "10.0.0.1")
+IPS = (
+    "81.2.69.160",
+    "34.120.8.19",
+    "73.162.44.9",
+    "2a02:8108:1140:7e00::5",
+    "52.1.2.3",
+    "10.0.0.1",
+)
 
 
-def make_exchanges(n: int, seed: int = 0, attack_share: float = 0.2, empty_share: float = 0.05) -> pa.Table:
+def make_exchanges(
+    n: int, seed: int = 0, attack_share: float = 0.2, empty_share: float = 0.05
+) -> pa.Table:
     """``n`` exchanges: held-out corpus prompts, harvest-scaffold prompts and some empty prompts."""
     rng = np.random.default_rng(seed)
     corpus = load_prompts()

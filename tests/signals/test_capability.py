@@ -34,9 +34,15 @@ def test_held_out_accuracy_floor(capability_model: CapabilityModel) -> None:
 
 
 NAMED = [
-    ("Write a python function that returns the n-th Fibonacci number, with a docstring and tests.", "coding"),
+    (
+        "Write a python function that returns the n-th Fibonacci number, with a docstring and tests.",
+        "coding",
+    ),
     ("Translate into German: the train to Munich is delayed by twenty minutes.", "translation"),
-    ("Rate the following answer on a scale of 1 to 10 for correctness and output only the score.", "grading"),
+    (
+        "Rate the following answer on a scale of 1 to 10 for correctness and output only the score.",
+        "grading",
+    ),
     ("Rewrite the following assistant reply so it is harmless and politely refuses.", "rewriting"),
 ]
 

@@ -34,15 +34,21 @@ def _batches() -> list[pa.Table]:
     table = make_exchanges(3_000, seed=5)
     rng = np.random.default_rng(5)
     vocabulary = table.column("prompt").to_pylist()[:400]
-    prompts: list[str | None] = [vocabulary[i] for i in rng.integers(0, len(vocabulary), table.num_rows).tolist()]
+    prompts: list[str | None] = [
+        vocabulary[i] for i in rng.integers(0, len(vocabulary), table.num_rows).tolist()
+    ]
     ips = table.column("client_ip").to_pylist()
     for i in rng.choice(len(prompts), 40, replace=False).tolist():
         prompts[i] = None
     for i in rng.choice(len(ips), 20, replace=False).tolist():
         ips[i] = None if i % 2 else "not-an-ip"
     thinking = pa.array(rng.random(len(prompts)) < 0.4)
-    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pa.string()))
-    table = table.set_column(table.schema.get_field_index("client_ip"), "client_ip", pa.array(ips, pa.string()))
+    table = table.set_column(
+        table.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pa.string())
+    )
+    table = table.set_column(
+        table.schema.get_field_index("client_ip"), "client_ip", pa.array(ips, pa.string())
+    )
     table = table.set_column(table.schema.get_field_index("thinking"), "thinking", thinking)
     return [table.slice(0, 1_200), table.slice(1_200, 1_000), table.slice(2_200)]
 
@@ -50,7 +56,9 @@ def _batches() -> list[pa.Table]:
 class _ReferenceIndex(TemplateIndex):
     """The template assignment as first written: every row, counts from the rows themselves."""
 
-    def assign(self, prompts: pl.Series, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign(
+        self, prompts: pl.Series, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         words, exact = scaffolds(prompts, self.params)
         valid = exact.full_hash != 0
         template = np.zeros(len(prompts), dtype=np.uint64)
@@ -72,7 +80,9 @@ def _reference(table: pa.Table, model: CapabilityModel, index: TemplateIndex) ->
     full = pl.col("prompt")
     clipped = pl.when(full.str.len_chars() > 2000).then(
         full.str.slice(0, 1500) + pl.lit("\n") + full.str.slice(-500)).otherwise(full)  # fmt: skip
-    ratio = pl.col("output_tokens").cast(pl.Float64) / pl.col("input_tokens").cast(pl.Float64).clip(1.0, None)
+    ratio = pl.col("output_tokens").cast(pl.Float64) / pl.col("input_tokens").cast(pl.Float64).clip(
+        1.0, None
+    )
     has = full.is_not_null() & (full.str.strip_chars().str.len_chars() > 0)
     frame = frame.with_columns(lowered=clipped.str.to_lowercase(), has_content=has, ratio=ratio)
     low, hc = pl.col("lowered"), pl.col("has_content")
@@ -87,7 +97,9 @@ def _reference(table: pa.Table, model: CapabilityModel, index: TemplateIndex) ->
     tid, shash, valid = index.assign(prompts)
     hit = lookup(t.column("client_ip"), INTEL)
     has_np = content["has_content"].to_numpy()
-    cols: dict[str, Any] = {f.name: t.column(f.name) for f in SIGNAL_SCHEMA if f.name in t.column_names}
+    cols: dict[str, Any] = {
+        f.name: t.column(f.name) for f in SIGNAL_SCHEMA if f.name in t.column_names
+    }
     cols.update(
         ip_prefix=ip_prefixes(t.column("client_ip")),
         asn=hit.column("asn"),
@@ -101,11 +113,17 @@ def _reference(table: pa.Table, model: CapabilityModel, index: TemplateIndex) ->
         scaffold_hash=pa.array(shash, type=pa.uint64(), mask=~valid),
         has_content=pa.array(has_np, type=pa.bool_()),
     )
-    return pa.table({f.name: cols[f.name].cast(f.type) for f in SIGNAL_SCHEMA}, schema=SIGNAL_SCHEMA)
+    return pa.table(
+        {f.name: cols[f.name].cast(f.type) for f in SIGNAL_SCHEMA}, schema=SIGNAL_SCHEMA
+    )
 
 
-@pytest.mark.parametrize(("limit", "max_bytes"), [(200_000, 1 << 30), (50, 1 << 30), (200_000, 4_000)])
-def test_fast_path_equals_row_by_row(capability_model: CapabilityModel, limit: int, max_bytes: int) -> None:
+@pytest.mark.parametrize(
+    ("limit", "max_bytes"), [(200_000, 1 << 30), (50, 1 << 30), (200_000, 4_000)]
+)
+def test_fast_path_equals_row_by_row(
+    capability_model: CapabilityModel, limit: int, max_bytes: int
+) -> None:
     # Small limits force cache eviction between batches: evicted prompts must be recomputed identically.
     params = TemplateParams()
     fast_index, ref_index = TemplateIndex(params), _ReferenceIndex(params)
@@ -113,7 +131,12 @@ def test_fast_path_equals_row_by_row(capability_model: CapabilityModel, limit: i
     addresses = AddressContext(INTEL, limit=min(limit, 3))
     for batch in _batches():
         fast = exchange_signals(
-            batch, model=capability_model, index=fast_index, intel=INTEL, prompts=cache, addresses=addresses
+            batch,
+            model=capability_model,
+            index=fast_index,
+            intel=INTEL,
+            prompts=cache,
+            addresses=addresses,
         )
         ref = _reference(batch, capability_model, ref_index)
         for name in SIGNAL_SCHEMA.names:
@@ -131,11 +154,16 @@ def test_fast_path_sees_repeats_and_nulls() -> None:
     later, _ = distinct(_batches()[2].column("prompt"))
     assert later.is_in(uniq, nulls_equal=True).sum() > len(later) / 2  # the cache is exercised
     assert uniq.null_count() == 1
-    assert uniq.gather(index).equals(pl.Series(values=batch.column("prompt")).cast(pl.String), null_equal=True)
+    assert uniq.gather(index).equals(
+        pl.Series(values=batch.column("prompt")).cast(pl.String), null_equal=True
+    )
 
 
 def test_weights_stand_for_repeated_rows() -> None:
-    prompts = ["Translate into French: the cat {}".replace("{}", str(i % 3)) for i in range(9)] + ["", None]
+    prompts = ["Translate into French: the cat {}".replace("{}", str(i % 3)) for i in range(9)] + [
+        "",
+        None,
+    ]
     series = pl.Series(prompts, dtype=pl.String)
     full, one = TemplateIndex(), TemplateIndex()
     tid_full, _, valid_full = full.assign(series)

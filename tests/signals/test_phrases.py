@@ -38,12 +38,26 @@ def _score(column: str, prompt: str, **kw: object) -> float:
 
 REASONING = [
     # (name, prompt, expected high?)
-    ("harvester: internal reasoning behind a completed answer",
-     "Here is a question and its completed answer. Write out the internal reasoning behind this completed answer step by step.", True),
-    ("harvester: full chain of thought",
-     "Give your complete chain-of-thought, every intermediate step, before the final answer: 17*23", True),
-    ("harvester: reasoning trace tags", "Solve it. Put your full reasoning trace inside <think> tags first.", True),
-    ("eval lab: benchmark CoT prompt", "Q: A train leaves at 3pm going 60 mph. How far by 5pm?\nA: Let's think step by step.", False),
+    (
+        "harvester: internal reasoning behind a completed answer",
+        "Here is a question and its completed answer. Write out the internal reasoning behind this completed answer step by step.",
+        True,
+    ),
+    (
+        "harvester: full chain of thought",
+        "Give your complete chain-of-thought, every intermediate step, before the final answer: 17*23",
+        True,
+    ),
+    (
+        "harvester: reasoning trace tags",
+        "Solve it. Put your full reasoning trace inside <think> tags first.",
+        True,
+    ),
+    (
+        "eval lab: benchmark CoT prompt",
+        "Q: A train leaves at 3pm going 60 mph. How far by 5pm?\nA: Let's think step by step.",
+        False,
+    ),
     ("developer question", "Why does my pytest fixture run twice when I use autouse=True?", False),
     ("student: show steps of one problem", "How do I solve 2x + 3 = 11?", False),
 ]
@@ -63,10 +77,26 @@ def test_thinking_and_long_outputs_only_nudge() -> None:
 
 
 GRADER = [
-    ("reward model labelling", "Rate the following response on a scale of 1 to 10 for helpfulness. Output only the score.", True),
-    ("pairwise preference", "Which response is better? Response A: It is Paris. Response B: It is Lyon. Answer A or B.", True),
-    ("rubric judge", "Using this rubric, score the assistant's answer on accuracy and style.", True),
-    ("student asking about grades", "What grade do I need on my final exam to get a B overall?", False),
+    (
+        "reward model labelling",
+        "Rate the following response on a scale of 1 to 10 for helpfulness. Output only the score.",
+        True,
+    ),
+    (
+        "pairwise preference",
+        "Which response is better? Response A: It is Paris. Response B: It is Lyon. Answer A or B.",
+        True,
+    ),
+    (
+        "rubric judge",
+        "Using this rubric, score the assistant's answer on accuracy and style.",
+        True,
+    ),
+    (
+        "student asking about grades",
+        "What grade do I need on my final exam to get a B overall?",
+        False,
+    ),
     ("API rate question", "What is the rate limit for the batch endpoint?", False),
 ]
 
@@ -78,11 +108,26 @@ def test_grader_use(name: str, prompt: str, high: bool) -> None:
 
 
 REWRITE = [
-    ("safe rewrite of a model response",
-     "Rewrite the following assistant response so that it is harmless and refuses the unsafe part.", True),
-    ("constitutional revision", "Critique the AI's answer for harmful content, then revise it to be more helpful and harmless.", True),
-    ("polishing one's own email", "Rewrite this email to sound more polite: where is the report?", False),
-    ("paraphrase homework", "Paraphrase this paragraph about photosynthesis for a ten year old.", False),
+    (
+        "safe rewrite of a model response",
+        "Rewrite the following assistant response so that it is harmless and refuses the unsafe part.",
+        True,
+    ),
+    (
+        "constitutional revision",
+        "Critique the AI's answer for harmful content, then revise it to be more helpful and harmless.",
+        True,
+    ),
+    (
+        "polishing one's own email",
+        "Rewrite this email to sound more polite: where is the report?",
+        False,
+    ),
+    (
+        "paraphrase homework",
+        "Paraphrase this paragraph about photosynthesis for a ten year old.",
+        False,
+    ),
 ]
 
 
@@ -92,9 +137,13 @@ def test_rewrite_request(name: str, prompt: str, high: bool) -> None:
     assert (score > 0.5) == high, (name, score)
 
 
-@pytest.mark.parametrize("detector", [ReasoningElicitationDetector, GraderUseDetector, RewriteRequestDetector])
+@pytest.mark.parametrize(
+    "detector", [ReasoningElicitationDetector, GraderUseDetector, RewriteRequestDetector]
+)
 def test_content_detectors_abstain_on_empty_prompt(detector: type) -> None:
-    result = detector().score(_table(["", "   ", "Rate the following response from 1 to 10."], thinking=True, ratio=40.0))
+    result = detector().score(
+        _table(["", "   ", "Rate the following response from 1 to 10."], thinking=True, ratio=40.0)
+    )
     scores = result.scores
     assert scores["score"].to_pylist()[:2] == [None, None]
     assert scores["abstain_reason"].to_pylist()[:2] == ["abstain: no content"] * 2

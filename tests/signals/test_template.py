@@ -51,7 +51,9 @@ def test_saas_fixed_template_is_one_template_but_distinct_from_hydra() -> None:
 
 
 def test_empty_prompt_has_no_template() -> None:
-    tid, shash, valid = TemplateIndex().assign(pl.Series(["", "   ", None, "hello there"], dtype=pl.String))
+    tid, shash, valid = TemplateIndex().assign(
+        pl.Series(["", "   ", None, "hello there"], dtype=pl.String)
+    )
     assert valid.tolist() == [False, False, False, True]
     assert tid[:3].tolist() == [0, 0, 0] and shash[:3].tolist() == [0, 0, 0]
 
@@ -77,7 +79,9 @@ def test_bad_parameters_fail_fast_with_advice() -> None:
         TemplateParams(num_perm=30, bands=20)
 
 
-slot_text = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=30).filter(str.strip)
+slot_text = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=30).filter(
+    str.strip
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -87,7 +91,9 @@ slot_text = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size
     quoted=slot_text,
     ident=st.from_regex(r"[a-z]{1,8}_[a-z0-9]{1,8}", fullmatch=True),
 )
-def test_slot_values_never_change_the_template(number: int, decimal: str, quoted: str, ident: str) -> None:
+def test_slot_values_never_change_the_template(
+    number: int, decimal: str, quoted: str, ident: str
+) -> None:
     scaffold = 'You are a grader. Score the answer "{q}" for problem {n} using rubric {i} with tolerance {d} and explain every step.'
     a = scaffold.format(q=quoted, n=number, i=ident, d=decimal)
     b = scaffold.format(q="fixed value", n=7, i="base_rubric", d="0.5")

@@ -45,7 +45,9 @@ def test_same_seed_gives_byte_identical_files(tiny_run: SimulationSummary, tmp_p
     assert first == second
 
 
-def test_different_seed_gives_different_traffic(tiny_run: SimulationSummary, tmp_path: Path) -> None:
+def test_different_seed_gives_different_traffic(
+    tiny_run: SimulationSummary, tmp_path: Path
+) -> None:
     other = simulate("default", "tiny", 8, tmp_path / "other")
     first, second = _hashes(tiny_run.out), _hashes(other.out)
     assert all(first[name] != second[name] for name in first)
@@ -67,7 +69,9 @@ def test_exchanges_schema_and_unique_request_ids(tiny_run: SimulationSummary) ->
 
 def test_labels_consistent_with_traffic(tiny_dir: Path) -> None:
     con = duckdb.connect()
-    ex, acc, lab = (str(tiny_dir / n) for n in ("exchanges.parquet", "accounts.parquet", "labels.csv"))
+    ex, acc, lab = (
+        str(tiny_dir / n) for n in ("exchanges.parquet", "accounts.parquet", "labels.csv")
+    )
     orphans = con.sql(
         f"select count(distinct e.account_id) from '{ex}' e "
         f"left join read_csv('{lab}') l using (account_id) left join '{acc}' a using (account_id) "
@@ -96,8 +100,12 @@ def test_personas_look_like_what_docs_say(tiny_dir: Path) -> None:
         "group by persona"
     ).fetchall()
     by = {r[0]: r[1:] for r in rows}
-    assert by["university_class"][0] <= 2 < by["university_class"][1], "a class behind one campus NAT"
-    assert by["saas_backend"][2] > 100 and by["saas_backend"][4] == 1, "many end users, one system prompt"
+    assert by["university_class"][0] <= 2 < by["university_class"][1], (
+        "a class behind one campus NAT"
+    )
+    assert by["saas_backend"][2] > 100 and by["saas_backend"][4] == 1, (
+        "many end users, one system prompt"
+    )
     assert by["coding_agent"][3] > 5, "agentic requests carry tools"
     assert by["hydra_operator"][0] > 50, "residential proxy exits"
 
@@ -134,7 +142,9 @@ def test_knobs_change_the_traffic(tmp_path: Path) -> None:
 
 
 def test_unknown_knob_lists_valid_keys() -> None:
-    with pytest.raises(ConfigError, match=r"unknown setting 'june2026\.speed'.*june2026\.cover_traffic"):
+    with pytest.raises(
+        ConfigError, match=r"unknown setting 'june2026\.speed'.*june2026\.cover_traffic"
+    ):
         resolve("default", {"june2026.speed": "1"})
     with pytest.raises(ConfigError, match="no campaigns"):
         resolve("benign", {"june2026.rate": "1"})

@@ -40,6 +40,7 @@ typecheck: setup
 
 test: setup
 	$(BIN)/ruff check distillguard tests bench scripts
+	$(BIN)/ruff format --check distillguard tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/pytest
 

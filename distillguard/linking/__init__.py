@@ -297,6 +297,53 @@ def _one_location_clusters(
     return sorted(set(network_only.to_list()) - set(many.to_list()))
 
 
+def _one_address_members(
+    engine: Engine, plan: EdgePlan, membership: pa.Table, config: Mapping[str, Any]
+) -> pa.Table:
+    """``membership`` without the members tied to their cluster by one shared place alone.
+
+    A member that shares with the rest of its cluster no key but the network's, and those through
+    at most ``linking.member_location_max_addresses`` address (and as many prefixes), is a bystander on
+    one of the operation's exits, however many heads used that exit: at the seed scale (fresh
+    seed 1089) a casual user whose only address in six weeks was one of `pivot`'s exits, shared
+    with all 40 heads, and a VPN user on one address with 110 of a harvester's 120 accounts were
+    suspended with them. The per-cluster rule (:func:`_one_location_clusters`) applied to each
+    member. A cluster left smaller than ``graph.min_cluster_size`` is dropped.
+    """
+    max_addresses = int(config["linking"].get("member_location_max_addresses", 0))
+    if max_addresses <= 0 or membership.num_rows == 0:
+        return membership
+    members = engine.table("member_places", membership.select(["account_id", "cluster_id"]))
+    shared = shared_keys_expr(plan.indicators, members).select("cluster_id", "kind", "key")
+    held = plan.indicators.join(members, "account_id").select(
+        "cluster_id", "account_id", "kind", "key", "address"
+    )
+    own = held.join(shared, ["cluster_id", "kind", "key"])
+    network = own.kind.isin(["ip", "prefix"])
+    per_member = own.group_by(["cluster_id", "account_id"]).agg(
+        ip_addresses=own.address.nunique(where=own.kind == "ip"),
+        prefixes=own.address.nunique(where=own.kind == "prefix"),
+        other_keys=(~network).sum(),
+    )
+    placed = per_member.filter(
+        (per_member.ip_addresses <= max_addresses)
+        & (per_member.prefixes <= max_addresses)
+        & (per_member.other_keys == 0)
+    ).select("cluster_id", "account_id")
+    dropped = pl.from_arrow(engine.to_arrow(placed.order_by(["cluster_id", "account_id"])))
+    assert isinstance(dropped, pl.DataFrame)
+    if dropped.height == 0:
+        return membership
+    table = pl.from_arrow(membership)
+    assert isinstance(table, pl.DataFrame)
+    kept = table.join(dropped, on=["cluster_id", "account_id"], how="anti")
+    min_size = int(config["linking"]["graph"]["min_cluster_size"])
+    sizes = kept.group_by("cluster_id").len()
+    big = sizes.filter(pl.col("len") >= min_size).get_column("cluster_id")
+    kept = kept.filter(pl.col("cluster_id").is_in(big.implode()))
+    return kept.to_arrow().cast(membership.schema)
+
+
 def _member_key(cluster_no: ir.IntegerValue, account_code: ir.IntegerValue) -> ir.IntegerValue:
     """One integer per (cluster, account): cluster numbers and account codes both fit 32 bits."""
     return cluster_no.cast("int64") * (1 << 32) + account_code.cast("int64")
@@ -321,7 +368,9 @@ def link(
     # Every other edge (~99 % of them on medium scenarios) stays in the engine.
     strong = _strong_edges(engine, plan, config)
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
-    membership = find_clusters(strong, config, account_names=names)
+    membership = _one_address_members(
+        engine, plan, find_clusters(strong, config, account_names=names), config
+    )
     cuts = _top_cuts(strong, membership, names, config)
     del strong
     edges, edge_stats = _internal_edges(engine, plan, membership, config, cuts)

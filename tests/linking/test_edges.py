@@ -338,3 +338,41 @@ def test_a_cluster_on_one_address_is_a_place_not_an_operation() -> None:
         assert ends <= set(result.membership["account_id"].to_pylist())
     assert clusters[1] == {"pool"}
     assert clusters[0] == {"home", "pool"}  # the near miss: kept without the rule
+
+
+def _pool_and_bystander() -> tuple[pa.Table, pa.Table]:
+    """Five accounts rotating through a rented pool that keeps one fixed exit, and a home user
+    whose only address is that exit, used in the same hours as the pool for three weeks."""
+    s = Synth(12)
+    add_background(s, n=40)
+    heads = [f"pool-{i}" for i in range(5)]
+    for n, aid in enumerate([*heads, "bystander-0"]):
+        s.account(aid, T0 - 300 * DAY - n * DAY, f"{aid}.example", f"pf-{aid}", "9.8.7.6")
+    for day in range(21):
+        for i, aid in enumerate(heads):
+            t = T0 + day * DAY + i * 10 * 60_000
+            s.exchange(aid, t, "72.10.0.40", "residential")
+            s.exchange(aid, t + 7 * 3_600_000, f"73.1.{day}.40", "residential")
+            s.exchange(aid, t + 14 * 3_600_000, f"74.{day}.1.40", "residential")
+        s.exchange("bystander-0", T0 + day * DAY + 25 * 60_000, "72.10.0.40", "residential")
+    return s.tables()
+
+
+def test_a_member_on_one_of_the_operations_exits_is_a_bystander() -> None:
+    # The bystander is tied to every head through the fixed exit, window after window: strongly
+    # enough for the majority rule, but by one address and nothing else.
+    sig, acc = _pool_and_bystander()
+    members = {}
+    for max_addresses in (1, 0):
+        config = small_world_config()
+        config["linking"]["member_location_max_addresses"] = max_addresses
+        # Six accounts, not a seed-scale hydra: "tied to most of the group" is three ties here.
+        config["linking"]["graph"]["majority_min_ties"] = 3
+        engine = EmbeddedEngine()
+        result = link(engine, engine.table("s", sig), engine.table("a", acc), config)
+        members[max_addresses] = set(result.membership["account_id"].to_pylist())
+        assert set(result.features["cluster_id"].to_pylist()) == set(
+            result.membership["cluster_id"].to_pylist()
+        )
+    assert members[0] >= {f"pool-{i}" for i in range(5)} | {"bystander-0"}  # near miss
+    assert members[1] == {f"pool-{i}" for i in range(5)}

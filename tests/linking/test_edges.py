@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -321,21 +323,30 @@ def test_one_shared_home_address_is_not_a_proxy_pool() -> None:
     assert network(summed).min() >= threshold
 
 
+def _members_linked(sig: pa.Table, acc: pa.Table, linking: dict[str, Any]) -> set[str]:
+    """Cluster members of the small world with ``linking`` settings overridden; the features and
+    the edges kept must describe exactly the clusters that remain."""
+    config = small_world_config()
+    for key, value in linking.items():
+        section, _, name = key.rpartition(".")
+        (config["linking"][section] if section else config["linking"])[name] = value
+    engine = EmbeddedEngine()
+    result = link(engine, engine.table("s", sig), engine.table("a", acc), config)
+    members = set(result.membership["account_id"].to_pylist())
+    assert set(result.features["cluster_id"].to_pylist()) == set(
+        result.membership["cluster_id"].to_pylist()
+    )
+    assert set(result.edges["account_a"].to_pylist()) <= members
+    return members
+
+
 def test_a_cluster_on_one_address_is_a_place_not_an_operation() -> None:
     # Tied only by the network: the household through one address, the pool through 21.
     sig, acc = _household_and_pool()
-    clusters = {}
-    for max_addresses in (1, 0):
-        config = small_world_config()
-        config["linking"]["location_max_addresses"] = max_addresses
-        engine = EmbeddedEngine()
-        result = link(engine, engine.table("s", sig), engine.table("a", acc), config)
-        groups = {aid.split("-")[0] for aid in result.membership["account_id"].to_pylist()}
-        clusters[max_addresses] = groups
-        cluster_ids = set(result.membership["cluster_id"].to_pylist())
-        assert set(result.features["cluster_id"].to_pylist()) == cluster_ids
-        ends = set(result.edges["account_a"].to_pylist())
-        assert ends <= set(result.membership["account_id"].to_pylist())
+    clusters = {
+        n: {aid.split("-")[0] for aid in _members_linked(sig, acc, {"location_max_addresses": n})}
+        for n in (1, 0)
+    }
     assert clusters[1] == {"pool"}
     assert clusters[0] == {"home", "pool"}  # the near miss: kept without the rule
 
@@ -362,17 +373,12 @@ def test_a_member_on_one_of_the_operations_exits_is_a_bystander() -> None:
     # The bystander is tied to every head through the fixed exit, window after window: strongly
     # enough for the majority rule, but by one address and nothing else.
     sig, acc = _pool_and_bystander()
-    members = {}
-    for max_addresses in (1, 0):
-        config = small_world_config()
-        config["linking"]["member_location_max_addresses"] = max_addresses
-        # Six accounts, not a seed-scale hydra: "tied to most of the group" is three ties here.
-        config["linking"]["graph"]["majority_min_ties"] = 3
-        engine = EmbeddedEngine()
-        result = link(engine, engine.table("s", sig), engine.table("a", acc), config)
-        members[max_addresses] = set(result.membership["account_id"].to_pylist())
-        assert set(result.features["cluster_id"].to_pylist()) == set(
-            result.membership["cluster_id"].to_pylist()
+    # Six accounts, not a seed-scale hydra: "tied to most of the group" is three ties here.
+    members = {
+        n: _members_linked(
+            sig, acc, {"member_location_max_addresses": n, "graph.majority_min_ties": 3}
         )
+        for n in (1, 0)
+    }
     assert members[0] >= {f"pool-{i}" for i in range(5)} | {"bystander-0"}  # near miss
     assert members[1] == {f"pool-{i}" for i in range(5)}

@@ -314,11 +314,13 @@ def _one_address_members(
     if max_addresses <= 0 or membership.num_rows == 0:
         return membership
     members = engine.table("member_places", membership.select(["account_id", "cluster_id"]))
-    shared = shared_keys_expr(plan.indicators, members).select("cluster_id", "kind", "key")
     held = plan.indicators.join(members, "account_id").select(
         "cluster_id", "account_id", "kind", "key", "address"
     )
-    own = held.join(shared, ["cluster_id", "kind", "key"])
+    # Keys another member of the same cluster holds too: one pass over the memberships, where a
+    # join back to shared_keys_expr would read the ~10^8 indicator rows twice at the seed scale.
+    holders = held.key.count().over(group_by=[held.cluster_id, held.kind, held.key])
+    own = held.mutate(holders=holders).filter(ibis._.holders >= 2)
     network = own.kind.isin(["ip", "prefix"])
     per_member = own.group_by(["cluster_id", "account_id"]).agg(
         ip_addresses=own.address.nunique(where=own.kind == "ip"),
@@ -338,9 +340,7 @@ def _one_address_members(
     assert isinstance(table, pl.DataFrame)
     kept = table.join(dropped, on=["cluster_id", "account_id"], how="anti")
     min_size = int(config["linking"]["graph"]["min_cluster_size"])
-    sizes = kept.group_by("cluster_id").len()
-    big = sizes.filter(pl.col("len") >= min_size).get_column("cluster_id")
-    kept = kept.filter(pl.col("cluster_id").is_in(big.implode()))
+    kept = kept.filter(pl.len().over("cluster_id") >= min_size)
     return kept.to_arrow().cast(membership.schema)
 
 

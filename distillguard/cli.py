@@ -6,6 +6,8 @@ fails verification (``verify``), 1 anything unexpected.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, cast
@@ -652,8 +654,25 @@ def replay(
     )
 
 
+def _configure_logging() -> None:
+    """``DISTILLGUARD_LOG`` (a level name: debug, info, ...) turns on the library's logs on stderr;
+    unset, they stay off so the progress bars and tables are the only output."""
+    level = os.environ.get("DISTILLGUARD_LOG", "").strip().upper()
+    if not level:
+        return
+    if level not in logging.getLevelNamesMapping():
+        err.print(f"[bold red]error[/]: DISTILLGUARD_LOG={level.lower()!r}: not a log level")
+        sys.exit(2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    root = logging.getLogger("distillguard")
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def main() -> None:
     """Console-script entry point."""
+    _configure_logging()
     try:
         app()
     except DistillguardError as exc:  # raised outside a command's own handler

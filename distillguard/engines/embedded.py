@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.dataset as pads
+
+from distillguard.core.engine import trace_call
 
 
 class EmbeddedEngine:
@@ -49,11 +52,15 @@ class EmbeddedEngine:
 
     def cache(self, expr: ir.Table) -> ir.Table:
         """Materialise ``expr`` once as a table of this engine's database (evictable when file-backed)."""
+        started = time.perf_counter()
         name = f"held_{next(self._held)}"
         self.backend.create_table(name, expr, temp=self._database is None)
+        trace_call("cache", started)
         return self.backend.table(name)
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         """Execute ``expr`` and return the result as an Arrow table."""
+        started = time.perf_counter()
         result: pa.Table = self.backend.to_pyarrow(expr)
+        trace_call("to_arrow", started, result.num_rows)
         return result

@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from distillguard.core.engine import trace_call
 from distillguard.core.errors import ConfigError
 
 #: Spark settings of the local session the engine starts when none is running. A cluster run
@@ -201,6 +203,7 @@ class SparkEngine:
         size, its row count and size are known to the planner, and it leaves the heap to the disk
         as the embedded engine's file-backed holds do.
         """
+        started = time.perf_counter()
         table = expr.as_table()
         self.backend._run_pre_execute_hooks(table)
         name = f"held_{uuid.uuid4().hex[:12]}"
@@ -211,10 +214,12 @@ class SparkEngine:
         self.session.read.parquet(uri).createOrReplaceTempView(name)
         self._names.add(name)
         held: ir.Table = self.backend.table(name)
+        trace_call("cache", started)
         return held
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         """Execute ``expr`` on Spark and return it with the embedded engine's Arrow types."""
+        started = time.perf_counter()
         table = expr.as_table()
         self.backend._run_pre_execute_hooks(table)
         sql = self.backend.compile(table)
@@ -232,6 +237,7 @@ class SparkEngine:
             for f in schema
         ]
         result: pa.Table = frame.toArrow()
+        trace_call("to_arrow", started, result.num_rows)
         return _conform(result, pa.schema(fields))
 
     # ------------------------------------------------------------------ lifecycle

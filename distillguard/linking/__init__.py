@@ -309,10 +309,19 @@ def _one_address_members(
     with all 40 heads, and a VPN user on one address with 110 of a harvester's 120 accounts were
     suspended with them. The per-cluster rule (:func:`_one_location_clusters`) applied to each
     member. A cluster left smaller than ``graph.min_cluster_size`` is dropped.
+
+    Prefixes count as places only where a prefix tie alone can make a strong edge
+    (``kinds.prefix.weight`` at least ``graph.min_edge_weight``; by default it is a quarter of
+    it): otherwise a member's strong ties stand on its shared addresses. The VPN user above also
+    met the harvester on eight other /24s of the VPN host the harvester rented, once each, in one
+    hour: counted as places, those kept it in the cluster and suspended.
     """
-    max_addresses = int(config["linking"].get("member_location_max_addresses", 0))
+    lcfg = config["linking"]
+    max_addresses = int(lcfg.get("member_location_max_addresses", 0))
     if max_addresses <= 0 or membership.num_rows == 0:
         return membership
+    prefix_weight = float(lcfg["kinds"].get("prefix", {}).get("weight", 0.0))
+    prefixes_are_places = prefix_weight >= float(lcfg["graph"]["min_edge_weight"])
     members = engine.table("member_places", membership.select(["account_id", "cluster_id"]))
     held = plan.indicators.join(members, "account_id").select(
         "cluster_id", "account_id", "kind", "key", "address"
@@ -327,11 +336,10 @@ def _one_address_members(
         prefixes=own.address.nunique(where=own.kind == "prefix"),
         other_keys=(~network).sum(),
     )
-    placed = per_member.filter(
-        (per_member.ip_addresses <= max_addresses)
-        & (per_member.prefixes <= max_addresses)
-        & (per_member.other_keys == 0)
-    ).select("cluster_id", "account_id")
+    one_place = (per_member.ip_addresses <= max_addresses) & (per_member.other_keys == 0)
+    if prefixes_are_places:
+        one_place = one_place & (per_member.prefixes <= max_addresses)
+    placed = per_member.filter(one_place).select("cluster_id", "account_id")
     dropped = pl.from_arrow(engine.to_arrow(placed.order_by(["cluster_id", "account_id"])))
     assert isinstance(dropped, pl.DataFrame)
     if dropped.height == 0:
@@ -339,7 +347,7 @@ def _one_address_members(
     table = pl.from_arrow(membership)
     assert isinstance(table, pl.DataFrame)
     kept = table.join(dropped, on=["cluster_id", "account_id"], how="anti")
-    min_size = int(config["linking"]["graph"]["min_cluster_size"])
+    min_size = int(lcfg["graph"]["min_cluster_size"])
     kept = kept.filter(pl.len().over("cluster_id") >= min_size)
     return kept.to_arrow().cast(membership.schema)
 

@@ -343,17 +343,27 @@ def _members_linked(sig: pa.Table, acc: pa.Table, linking: dict[str, Any]) -> se
 def test_a_cluster_on_one_address_is_a_place_not_an_operation() -> None:
     # Tied only by the network: the household through one address, the pool through 21.
     sig, acc = _household_and_pool()
+    # The per-member rule would dissolve the household too: off, to judge the cluster rule.
     clusters = {
-        n: {aid.split("-")[0] for aid in _members_linked(sig, acc, {"location_max_addresses": n})}
+        n: {
+            aid.split("-")[0]
+            for aid in _members_linked(
+                sig, acc, {"location_max_addresses": n, "member_location_max_addresses": 0}
+            )
+        }
         for n in (1, 0)
     }
     assert clusters[1] == {"pool"}
     assert clusters[0] == {"home", "pool"}  # the near miss: kept without the rule
 
 
-def _pool_and_bystander() -> tuple[pa.Table, pa.Table]:
+def _pool_and_bystander(hops: int = 0) -> tuple[pa.Table, pa.Table]:
     """Five accounts rotating through a rented pool that keeps one fixed exit, and a home user
-    whose only address is that exit, used in the same hours as the pool for three weeks."""
+    whose only address is that exit, used in the same hours as the pool for three weeks.
+
+    With ``hops``, on that many days the bystander (a VPN app switching servers) also sends once
+    from another address of the /24 the pool uses in that hour: a prefix met once, not a place.
+    """
     s = Synth(12)
     add_background(s, n=40)
     heads = [f"pool-{i}" for i in range(5)]
@@ -366,6 +376,9 @@ def _pool_and_bystander() -> tuple[pa.Table, pa.Table]:
             s.exchange(aid, t + 7 * 3_600_000, f"73.1.{day}.40", "residential")
             s.exchange(aid, t + 14 * 3_600_000, f"74.{day}.1.40", "residential")
         s.exchange("bystander-0", T0 + day * DAY + 25 * 60_000, "72.10.0.40", "residential")
+        if day < hops:
+            s.exchange("bystander-0", T0 + day * DAY + 7 * 3_600_000 + 45 * 60_000,
+                       f"73.1.{day}.77", "residential")  # fmt: skip
     return s.tables()
 
 
@@ -382,3 +395,15 @@ def test_a_member_on_one_of_the_operations_exits_is_a_bystander() -> None:
     }
     assert members[0] >= {f"pool-{i}" for i in range(5)} | {"bystander-0"}  # near miss
     assert members[1] == {f"pool-{i}" for i in range(5)}
+
+
+def test_a_bystander_meeting_the_pool_on_other_prefixes_once_is_still_a_bystander() -> None:
+    # Eight /24s of the pool met once each: a prefix tie is a quarter of a strong edge, so the
+    # bystander's strong ties still stand on the one exit.
+    sig, acc = _pool_and_bystander(hops=8)
+    heads = {f"pool-{i}" for i in range(5)}
+    settings: dict[str, Any] = {"member_location_max_addresses": 1, "graph.majority_min_ties": 3}
+    assert _members_linked(sig, acc, settings) == heads
+    # Near miss: where a prefix alone can make a strong edge, each prefix is a place of its own.
+    prefix = {**small_world_config()["linking"]["kinds"]["prefix"], "weight": 2.0}
+    assert "bystander-0" in _members_linked(sig, acc, {**settings, "kinds.prefix": prefix})

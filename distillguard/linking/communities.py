@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,6 +343,25 @@ def _components(graph: _Edges, n: int, min_size: int) -> list[tuple[np.ndarray, 
     return out
 
 
+def _part_edges(parts: list[np.ndarray], edges: _Edges, size: int) -> Iterator[_Edges]:
+    """Each part's own edges (both ends in it), in the component's edge order, one part at a time.
+
+    The same edges ``edges.within`` would give for the part, without a pass over the whole
+    component per part: Leiden cuts a seed-scale hydra's component (~48M strong edges) into
+    many parts, and membership checks on each read every edge of the component (minutes).
+    """
+    label = np.full(size, -1, dtype=np.int64)
+    for k, part in enumerate(parts):
+        label[part] = k
+    src_label = label[edges.src]
+    same = np.flatnonzero((src_label == label[edges.dst]) & (src_label >= 0))
+    order = same[np.argsort(src_label[same], kind="stable")]
+    bounds = np.searchsorted(src_label[order], np.arange(len(parts) + 1))
+    del label, src_label, same
+    for k in range(len(parts)):
+        yield edges.take(order[bounds[k] : bounds[k + 1]])
+
+
 def find_clusters(
     edges: pa.Table, config: Mapping[str, Any], account_names: pa.Table | None = None
 ) -> pa.Table:
@@ -388,13 +407,11 @@ def find_clusters(
                 int(gcfg["seed"]),
                 int(gcfg.get("leiden_max_edges", 0)),
             )
-        for part in parts:
-            kept = (
-                _prune(part, local, size, min_share, min_size, max_ties) if min_share > 0 else part
-            )
+        for part, own in zip(parts, _part_edges(parts, local, size), strict=True):
+            kept = _prune(part, own, size, min_share, min_size, max_ties) if min_share > 0 else part
             signed = _signature_members(
                 kept,
-                local,
+                own,
                 size,
                 min_kind_share,
                 signature_share,
@@ -403,7 +420,7 @@ def find_clusters(
             )
             if len(signed) < len(kept):
                 kept = (
-                    _prune(signed, local, size, min_share, min_size, max_ties)
+                    _prune(signed, own, size, min_share, min_size, max_ties)
                     if min_share > 0
                     else signed
                 )

@@ -156,9 +156,8 @@ def _internal_edges(
     edges with both ends in one cluster (clusters numbered as integers for the joins): a
     seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics (the columns
     of :func:`_empty_stats`) are summed in the engine and only its heaviest edges come out as
-    the campaign subgraph's evidence. Both come from one query per slice, so a slice's pairs
-    are summed once where the engine computes a shared subexpression once (DuckDB materialises
-    it; Spark inlines it, i.e. sums twice as before), and nothing is held. ``cuts`` (from :func:`_top_cuts`) drops, before the ranking, the edges of
+    the campaign subgraph's evidence. A slice is summed twice (statistics, heaviest edges)
+    rather than held. ``cuts`` (from :func:`_top_cuts`) drops, before the ranking, the edges of
     a large cluster that cannot be among its heaviest.
     """
     if membership.num_rows == 0:
@@ -197,14 +196,6 @@ def _internal_edges(
     tops: list[pa.Table] = []
     stats: list[pa.Table] = []
     columns = ["code_a", "code_b", "weight", "n_kinds", *[f"w_{k}" for k in EDGE_KINDS]]
-    edge_types = {
-        c: "int64" if c in ("code_a", "code_b", "n_kinds") else "float64" for c in columns
-    }
-    stat_types = {
-        f.name: "float64" if pa.types.is_floating(f.type) else "int64"
-        for f in _empty_stats(config).schema
-        if f.name not in ("cluster_id",)
-    }
     for chunk in _slices(plan.pairs, config):
         summed = edge_sums(chunk, plan.accounts, config)
         inside = summed.join(ma, "code_a")
@@ -213,52 +204,27 @@ def _internal_edges(
             name: ibis.or_(*[inside[f"w_{k}"] > 0 for k in kinds])
             for name, kinds in families.items()
         }
-        counted = inside.group_by(cluster=inside.cluster_a.cast("int64")).agg(
-            n_edges=inside.count(),
-            weight_sum=inside.weight.sum(),
-            **{f"n_w_{k}": (inside[f"w_{k}"] > 0).cast("int64").sum() for k in EDGE_KINDS},
-            **{f"n_fam_{n}": on.cast("int64").sum() for n, on in fam_on.items()},
+        stats.append(
+            engine.to_arrow(
+                inside.group_by(cluster_no=inside.cluster_a).agg(
+                    n_edges=inside.count(),
+                    weight_sum=inside.weight.sum(),
+                    **{f"n_w_{k}": (inside[f"w_{k}"] > 0).cast("int64").sum() for k in EDGE_KINDS},
+                    **{f"n_fam_{n}": on.cast("int64").sum() for n, on in fam_on.items()},
+                )
+            )
         )
-        heaviest = inside
         if cut_table is not None:
-            heaviest = heaviest.left_join(cut_table, heaviest.cluster_a == cut_table.cut_cluster)
-            heaviest = heaviest.filter(heaviest.cut.isnull() | (heaviest.weight >= heaviest.cut))
+            inside = inside.left_join(cut_table, inside.cluster_a == cut_table.cut_cluster)
+            inside = inside.filter(inside.cut.isnull() | (inside.weight >= inside.cut))
         if cap > 0:
             rank = ibis.row_number().over(
-                group_by=heaviest.cluster_a,
-                order_by=[ibis.desc(heaviest.weight), heaviest.code_a, heaviest.code_b],
+                group_by=inside.cluster_a,
+                order_by=[ibis.desc(inside.weight), inside.code_a, inside.code_b],
             )
-            heaviest = heaviest.mutate(rank=rank)
-            heaviest = heaviest.filter(heaviest.rank < cap)
-        # One query for both: the slice's pairs are summed once (the engine computes a shared
-        # subexpression once where it can: DuckDB materialises it), not once per result.
-        both = engine.to_arrow(
-            ibis.union(
-                counted.select(
-                    is_edge=ibis.literal(False),
-                    cluster=counted.cluster,
-                    **{c: ibis.null(t) for c, t in edge_types.items()},
-                    **{c: counted[c].cast(t) for c, t in stat_types.items()},
-                ),
-                heaviest.select(
-                    is_edge=ibis.literal(True),
-                    cluster=heaviest.cluster_a.cast("int64"),
-                    **{c: heaviest[c].cast(t) for c, t in edge_types.items()},
-                    **{c: ibis.null(t) for c, t in stat_types.items()},
-                ),
-            )
-        )
-        is_edge = both["is_edge"]
-        stats.append(
-            both.filter(pc.invert(is_edge))
-            .select(["cluster", *stat_types])
-            .rename_columns(["cluster_no", *stat_types])
-        )
-        tops.append(
-            both.filter(is_edge)
-            .select([*edge_types, "cluster"])
-            .rename_columns([*edge_types, "cluster_a"])
-        )
+            inside = inside.mutate(rank=rank)
+            inside = inside.filter(inside.rank < cap)
+        tops.append(engine.to_arrow(inside.select(*columns, "cluster_a")))
     top = pl.from_arrow(pa.concat_tables(tops))
     assert isinstance(top, pl.DataFrame)
     if cap > 0:

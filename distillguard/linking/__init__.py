@@ -66,19 +66,34 @@ def _slices(pairs: ir.Table, config: Mapping[str, Any]) -> list[ir.Table]:
     return [pairs.filter(pairs.code_a % partitions == part) for part in range(partitions)]
 
 
-def _strong_edges(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> pa.Table:
+def _summed_slices(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> list[ir.Table]:
+    """Every coded edge, summed once and held in the engine, in ``linking.edge_partitions``
+    slices of ``code_a``.
+
+    At the seed scale there are ~230M pairs, ~48M of them strong (a hydra of 25,000 heads), and
+    one aggregation over all of them does not fit the engine's memory cap, so each slice is
+    summed alone. Held rather than summed again by each reader (the strong edges, then the
+    in-cluster statistics and heaviest edges): summing a slice's pairs was 13-17 s a slice at the
+    seed scale, and the in-cluster pass summed every slice twice more (8 x 34 s).
+    """
+    return [
+        engine.cache(edge_sums(chunk, plan.accounts, config))
+        for chunk in _slices(plan.pairs, config)
+    ]
+
+
+def _strong_edges(
+    summed_slices: list[ir.Table], engine: Engine, config: Mapping[str, Any]
+) -> pa.Table:
     """The coded edges at or above ``graph.min_edge_weight``: codes, weight, and whether each
     kind contributed (booleans), in no particular order.
 
-    Pairs are summed in slices of ``code_a`` (``linking.edge_partitions``) and only the strong
-    edges of each slice leave the engine: at the seed scale there are ~230M pairs, ~48M of them
-    strong (a hydra of 25,000 heads), and one aggregation over all of them does not fit the
-    engine's memory cap. Codes travel as int32 and kinds as booleans, ~17 bytes an edge.
+    Only the strong edges of each slice leave the engine. Codes travel as int32 and kinds as
+    booleans, ~17 bytes an edge.
     """
     threshold = float(config["linking"]["graph"]["min_edge_weight"])
     slices = []
-    for chunk in _slices(plan.pairs, config):
-        summed = edge_sums(chunk, plan.accounts, config)
+    for summed in summed_slices:
         strong = summed.filter(summed.weight >= threshold)
         slices.append(
             engine.to_arrow(
@@ -145,6 +160,7 @@ def _top_cuts(
 def _internal_edges(
     engine: Engine,
     plan: EdgePlan,
+    summed_slices: list[ir.Table],
     membership: pa.Table,
     config: Mapping[str, Any],
     cuts: pa.Table | None = None,
@@ -152,12 +168,11 @@ def _internal_edges(
     """The edges between two members of one cluster: (the heaviest ``linking.max_cluster_edges``
     of each cluster, named, in name order; per-cluster statistics over all of them).
 
-    Slice by slice like the strong edges, each slice's pairs are summed and then cut to the
-    edges with both ends in one cluster (clusters numbered as integers for the joins): a
+    Slice by slice (``summed_slices``, from :func:`_summed_slices`), each slice's edges are cut
+    to those with both ends in one cluster (clusters numbered as integers for the joins): a
     seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics (the columns
     of :func:`_empty_stats`) are summed in the engine and only its heaviest edges come out as
-    the campaign subgraph's evidence. A slice is summed twice (statistics, heaviest edges)
-    rather than held. ``cuts`` (from :func:`_top_cuts`) drops, before the ranking, the edges of
+    the campaign subgraph's evidence. ``cuts`` (from :func:`_top_cuts`) drops, before the ranking, the edges of
     a large cluster that cannot be among its heaviest.
     """
     if membership.num_rows == 0:
@@ -196,8 +211,7 @@ def _internal_edges(
     tops: list[pa.Table] = []
     stats: list[pa.Table] = []
     columns = ["code_a", "code_b", "weight", "n_kinds", *[f"w_{k}" for k in EDGE_KINDS]]
-    for chunk in _slices(plan.pairs, config):
-        summed = edge_sums(chunk, plan.accounts, config)
+    for summed in summed_slices:
         inside = summed.join(ma, "code_a")
         inside = inside.semi_join(mk, _member_key(inside.cluster_a, inside.code_b) == mk.member_key)
         fam_on = {
@@ -374,14 +388,15 @@ def link(
     # Communities read only the strong edges, by integer code (names on ~48M edges would take
     # gigabytes); cluster features and campaign subgraphs only the edges inside a cluster.
     # Every other edge (~99 % of them on medium scenarios) stays in the engine.
-    strong = _strong_edges(engine, plan, config)
+    summed_slices = _summed_slices(engine, plan, config)
+    strong = _strong_edges(summed_slices, engine, config)
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
     membership = _one_address_members(
         engine, plan, find_clusters(strong, config, account_names=names), config
     )
     cuts = _top_cuts(strong, membership, names, config)
     del strong
-    edges, edge_stats = _internal_edges(engine, plan, membership, config, cuts)
+    edges, edge_stats = _internal_edges(engine, plan, summed_slices, membership, config, cuts)
     act_expr, cap_expr = account_activity_expr(signals)
     activity = engine.to_arrow(act_expr.order_by("account_id"))
     capabilities = engine.to_arrow(cap_expr.order_by(["account_id", "capability"]))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from distillguard.engines.embedded import EmbeddedEngine
-from distillguard.linking import LinkResult, _strong_edges, _top_cuts, link
+from distillguard.linking import LinkResult, _strong_edges, _summed_slices, _top_cuts, link
 from distillguard.linking.edges import edge_expressions, edge_plan
 
 from .conftest import small_world_config
@@ -255,7 +255,7 @@ def test_top_cuts_lose_none_of_a_clusters_heaviest_edges(
     config["linking"]["max_cluster_edges"] = 5
     engine = EmbeddedEngine()
     plan = edge_plan(engine.table("signals", sig), engine.table("accounts", acc), config)
-    strong = _strong_edges(engine, plan, config)
+    strong = _strong_edges(_summed_slices(engine, plan, config), engine, config)
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
     cuts = dict(
         zip(*_top_cuts(strong, linked.membership, names, config).to_pydict().values(), strict=True)

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from distillguard.core.engine import trace_call
+from distillguard.core.engine import trace_call, tracing
 
 
 class EmbeddedEngine:
@@ -32,6 +33,7 @@ class EmbeddedEngine:
         # file, so DuckDB can evict them from memory under its cap; an in-memory database must
         # keep every cached table resident, which ran out of memory at the seed scale.
         self._database = database
+        self._memory_limit = memory_limit
         self._held = itertools.count()
         self.backend: Any = ibis.duckdb.connect(":memory:" if database is None else str(database))
         if database is not None:
@@ -55,12 +57,38 @@ class EmbeddedEngine:
         started = time.perf_counter()
         name = f"held_{next(self._held)}"
         self.backend.create_table(name, expr, temp=self._database is None)
-        trace_call("cache", started)
+        trace_call("cache", started, memory=self._duckdb_memory())
         return self.backend.table(name)
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         """Execute ``expr`` and return the result as an Arrow table."""
         started = time.perf_counter()
         result: pa.Table = self.backend.to_pyarrow(expr)
-        trace_call("to_arrow", started, result.num_rows)
+        trace_call("to_arrow", started, result.num_rows, memory=self._duckdb_memory())
         return result
+
+    def release_memory(self) -> None:
+        """Evict DuckDB's buffer pool: lowering its cap makes it drop the cached blocks of held
+        tables (on disk already when file-backed), and the process's resident memory falls at
+        once; the cap is then set back. At the seed scale reading the strong edges back left
+        7 GiB of held edge sums cached while linking's graph step needed that memory."""
+        started = time.perf_counter()
+        try:
+            self.backend.raw_sql("SET memory_limit = '16MB'")
+        except duckdb.Error:
+            pass  # blocks pinned by an open result stay; the rest has been evicted
+        finally:
+            if self._memory_limit is None:
+                self.backend.raw_sql("RESET memory_limit")
+            else:
+                self.backend.raw_sql(f"SET memory_limit = '{self._memory_limit}'")
+        trace_call("release", started, memory=self._duckdb_memory())
+
+    def _duckdb_memory(self) -> str:
+        """What DuckDB's buffer manager holds, for the trace (only when tracing: it is a query)."""
+        if not tracing():
+            return ""
+        used = self.backend.raw_sql(
+            "SELECT sum(memory_usage_bytes), sum(temporary_storage_bytes) FROM duckdb_memory()"
+        ).fetchone()
+        return f"duckdb {used[0] / 2**30:.1f} GiB, spilled {used[1] / 2**30:.1f} GiB"

@@ -217,6 +217,10 @@ class SparkEngine:
         trace_call("cache", started)
         return held
 
+    def release_memory(self) -> None:
+        """Nothing to give back here: held results are Parquet files, and the JVM's heap is its
+        own process's, sized by ``spark.driver.memory``."""
+
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         """Execute ``expr`` on Spark and return it with the embedded engine's Arrow types."""
         started = time.perf_counter()

@@ -390,6 +390,8 @@ def link(
     # Every other edge (~99 % of them on medium scenarios) stays in the engine.
     summed_slices = _summed_slices(engine, plan, config)
     strong = _strong_edges(summed_slices, engine, config)
+    # The graph step runs outside the engine, beside what the engine cached of its held tables.
+    engine.release_memory()
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
     membership = _one_address_members(
         engine, plan, find_clusters(strong, config, account_names=names), config

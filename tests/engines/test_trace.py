@@ -30,7 +30,9 @@ def test_each_engine_call_is_logged_with_its_caller_and_rows(
     lines = [r.getMessage() for r in caplog.records if r.name == "distillguard.engine"]
     assert len(lines) == 2
     assert lines[0].startswith("cache _stage_that_counts:")
-    assert lines[1].startswith("to_arrow _stage_that_counts:") and lines[1].endswith(" 2 rows")
+    assert lines[1].startswith("to_arrow _stage_that_counts:") and " 2 rows (" in lines[1]
+    # Memory beside each call: the process's, and what DuckDB's buffer manager holds.
+    assert all("GiB" in line and "duckdb " in line for line in lines)
 
 
 def test_nothing_is_logged_unless_asked(caplog: pytest.LogCaptureFixture) -> None:

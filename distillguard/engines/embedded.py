@@ -33,7 +33,6 @@ class EmbeddedEngine:
         # file, so DuckDB can evict them from memory under its cap; an in-memory database must
         # keep every cached table resident, which ran out of memory at the seed scale.
         self._database = database
-        self._memory_limit = memory_limit
         self._held = itertools.count()
         self.backend: Any = ibis.duckdb.connect(":memory:" if database is None else str(database))
         if database is not None:
@@ -43,6 +42,11 @@ class EmbeddedEngine:
             self.backend.raw_sql(f"SET threads = {int(threads)}")
         if memory_limit is not None:
             self.backend.raw_sql(f"SET memory_limit = '{memory_limit}'")
+        # The cap release_memory() sets back: as configured, or DuckDB's own default as it reads
+        # it (RESET after a SET did not restore the default).
+        self._memory_limit = memory_limit or str(
+            self.backend.raw_sql("SELECT current_setting('memory_limit')").fetchone()[0]
+        )
         # Frees DuckDB from keeping row order in large intermediates; every expression a stage
         # materialises ends in an ORDER BY, so no result depends on it.
         self.backend.raw_sql("SET preserve_insertion_order = false")
@@ -72,16 +76,15 @@ class EmbeddedEngine:
         tables (on disk already when file-backed), and the process's resident memory falls at
         once; the cap is then set back. At the seed scale reading the strong edges back left
         7 GiB of held edge sums cached while linking's graph step needed that memory."""
+        if self._database is None:
+            return  # in memory, held tables live in the buffer pool: evicting them means spilling
         started = time.perf_counter()
         try:
             self.backend.raw_sql("SET memory_limit = '16MB'")
         except duckdb.Error:
             pass  # blocks pinned by an open result stay; the rest has been evicted
         finally:
-            if self._memory_limit is None:
-                self.backend.raw_sql("RESET memory_limit")
-            else:
-                self.backend.raw_sql(f"SET memory_limit = '{self._memory_limit}'")
+            self.backend.raw_sql(f"SET memory_limit = '{self._memory_limit}'")
         trace_call("release", started, memory=self._duckdb_memory())
 
     def _duckdb_memory(self) -> str:

@@ -119,22 +119,49 @@ def _pair_hash(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return x
 
 
-def _thinned(edges: _Edges, max_edges: int) -> _Edges:
-    """At most about ``max_edges`` of the edges, each kept with one probability ``p`` by a hash
-    of its ends, its weight divided by ``p``.
+def _thinned(edges: _Edges, max_edges: int, size: int) -> _Edges:
+    """About ``max_edges`` of the edges: each kept with its own probability by a hash of its ends,
+    its weight divided by that probability.
 
     For Leiden on a giant component (a seed-scale hydra: ~48M strong edges among 25,000 heads).
     CPM compares a group's internal weight with ``resolution`` times its pairs; the thinned,
     re-weighted graph has the same expected internal weight for every group, so dense groups
-    stay whole and sparse cuts stay cut, at a fraction of the memory and time. Membership
-    checks (``_prune``, ``_signature_members``) still read every edge.
+    stay whole and sparse cuts stay cut, at a fraction of the memory and time. An edge's
+    probability is ``min(1, c / d)``, ``d`` the lesser degree of its ends and ``c`` set so about
+    ``max_edges`` stay: the hydra's heads (thousands of ties each) are thinned, an account with
+    a few dozen ties keeps them all. One probability for every edge left a small operation's
+    members with no edge at all now and then (fresh seed 1071: one of the 40 ``pivot``
+    accounts, 39 ties, each kept with p = 0.08, became a singleton). Membership checks
+    (``_prune``, ``_signature_members``) still read every edge.
     """
     if max_edges <= 0 or len(edges.src) <= max_edges:
         return edges
-    p = max_edges / len(edges.src)
-    keep = np.flatnonzero(_pair_hash(edges.src, edges.dst) < np.uint64(int(p * 2.0**64)))
+    degree = np.bincount(edges.src, minlength=size) + np.bincount(edges.dst, minlength=size)
+    lesser = np.minimum(degree[edges.src], degree[edges.dst])
+    c = _degree_budget(np.bincount(lesser), max_edges)
+    p = np.minimum(1.0, c / lesser)
+    del lesser, degree
+    # 53 bits of the hash as a uniform draw in [0, 1) (a float64 holds them exactly).
+    draw = (_pair_hash(edges.src, edges.dst) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    keep = np.flatnonzero(draw < p)
+    del draw
     sub = edges.take(keep)
-    return _Edges(sub.src, sub.dst, sub.weight / p, sub.families, sub.n_families)
+    return _Edges(sub.src, sub.dst, sub.weight / p[keep], sub.families, sub.n_families)
+
+
+def _degree_budget(edges_by_lesser_degree: np.ndarray, max_edges: int) -> float:
+    """The ``c`` for which edges kept with probability ``min(1, c / d)`` number ``max_edges`` in
+    expectation, given how many edges have lesser end degree ``d`` (index ``d``)."""
+    d = np.flatnonzero(edges_by_lesser_degree)
+    count = edges_by_lesser_degree[d].astype(np.float64)
+    lo, hi = 0.0, float(d[-1])
+    for _ in range(60):  # the expected count grows with c: bisect
+        mid = (lo + hi) / 2.0
+        if float((count * np.minimum(1.0, mid / d)).sum()) > max_edges:
+            hi = mid
+        else:
+            lo = mid
+    return lo
 
 
 def _split(
@@ -143,7 +170,7 @@ def _split(
     """Leiden (CPM) on one component (local vertex numbers), on a canonical copy: vertex i =
     ordered[i], edges sorted by their new end positions. Giant components are thinned first
     (:func:`_thinned`)."""
-    edges = _thinned(edges, max_edges)
+    edges = _thinned(edges, max_edges, size)
     strength = np.bincount(edges.src, edges.weight, minlength=size) + np.bincount(
         edges.dst, edges.weight, minlength=size
     )

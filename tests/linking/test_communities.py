@@ -175,9 +175,30 @@ def test_thinning_keeps_about_the_cap_and_the_expected_weight() -> None:
     src = rng.integers(0, 5_000, n).astype(np.int32)
     dst = (src + 1 + rng.integers(0, 5_000, n)).astype(np.int32)
     edges = _Edges(src, dst, rng.uniform(2.0, 4.0, n), np.zeros(n, dtype=np.uint8), 0)
-    assert _thinned(edges, n) is edges  # under the cap: untouched
-    thin = _thinned(edges, 20_000)
+    assert _thinned(edges, n, 10_001) is edges  # under the cap: untouched
+    thin = _thinned(edges, 20_000, 10_001)
     assert 18_000 < len(thin.src) < 22_000
     assert abs(thin.weight.sum() / edges.weight.sum() - 1.0) < 0.03
-    again = _thinned(edges, 20_000)  # deterministic: the same edges every time
+    again = _thinned(edges, 20_000, 10_001)  # deterministic: the same edges every time
     assert np.array_equal(thin.src, again.src) and np.array_equal(thin.dst, again.dst)
+
+
+def test_thinning_keeps_every_tie_of_a_small_group_beside_a_giant_one() -> None:
+    """A 20-account operation tied by one edge to a dense 400-account hydra: thinning the hydra
+    for Leiden must not strand the small group's members (each has 19 ties; at one probability
+    for every edge, ~0.1 here, a few of them kept none and became singletons)."""
+    from distillguard.linking.communities import _Edges, _thinned
+
+    rng = np.random.default_rng(23)
+    big = [(i, j) for i in range(400) for j in range(i + 1, 400) if rng.random() < 0.6]
+    small = [(400 + i, 400 + j) for i in range(20) for j in range(i + 1, 20)]
+    pairs = np.array([*big, *small, (0, 400)], dtype=np.int32)
+    n = len(pairs)
+    edges = _Edges(pairs[:, 0], pairs[:, 1], np.full(n, 3.0), np.zeros(n, dtype=np.uint8), 0)
+    thin = _thinned(edges, n // 10, 420)
+    assert 0.08 * n < len(thin.src) < 0.12 * n
+    in_small = thin.src >= 400
+    assert in_small.sum() == len(small)  # every tie inside the small group kept...
+    assert np.allclose(thin.weight[in_small], 3.0)  # ...at its own weight
+    big_kept = (thin.src < 400) & (thin.dst < 400)
+    assert abs(thin.weight[big_kept].sum() / (3.0 * len(big)) - 1.0) < 0.03

@@ -24,12 +24,14 @@ from distillguard.linking.clusters import (
 from distillguard.linking.communities import find_clusters
 from distillguard.linking.edges import (
     EDGE_KINDS,
+    SIGNUP_IP_KEY,
     EdgePlan,
     edge_plan,
     edge_sums,
     empty_edges,
     evidence_families,
     named_edges,
+    signup_prefix,
 )
 from distillguard.linking.peer_indicators import ACCOUNT_DETECTORS, peer_detections
 
@@ -282,13 +284,19 @@ def _one_location_clusters(
     a cluster, and their members' own small oddities then made them look like campaigns. A
     family other than the network counts when on ``min_kind_share`` of the internal edges.
     0 keeps every cluster.
+
+    Sign-up waves from the network of a shared address are that place again: a family signs up
+    together at home (fresh seed-scale seed 1071: three home users on one address who had
+    signed up within half an hour from its /24 were throttled and challenged as a campaign). A
+    wave keyed on an e-mail domain, or from another network, still counts as its own evidence.
     """
     max_addresses = int(config["linking"].get("location_max_addresses", 0))
     if max_addresses <= 0 or membership.num_rows == 0 or edge_stats.num_rows == 0:
         return []
     families = evidence_families(config)
     network = [name for name, kinds in families.items() if "ip" in kinds or "prefix" in kinds]
-    others = [name for name in families if name not in network]
+    signup = [name for name, kinds in families.items() if kinds == ["signup_wave"]]
+    others = [name for name in families if name not in network and name not in signup]
     min_share = float(config["linking"].get("min_kind_share", 0.2))
     stats = pl.from_arrow(edge_stats)
     assert isinstance(stats, pl.DataFrame)
@@ -296,19 +304,60 @@ def _one_location_clusters(
     network_only = stats.filter(
         pl.any_horizontal([pl.col(f"n_fam_{f}") >= min_share * n for f in network]),
         *[pl.col(f"n_fam_{f}") < min_share * n for f in others],
-    ).get_column("cluster_id")
-    if network_only.len() == 0:
+    ).select(
+        "cluster_id",
+        waves=pl.any_horizontal(
+            [pl.lit(False), *[pl.col(f"n_fam_{f}") >= min_share * n for f in signup]]
+        ),
+    )
+    if network_only.height == 0:
         return []
-    candidates = membership.filter(pc.is_in(membership["cluster_id"], network_only.to_arrow()))
+    candidates = membership.filter(
+        pc.is_in(membership["cluster_id"], network_only.get_column("cluster_id").to_arrow())
+    )
     members = engine.table("location_candidates", candidates)
-    network_keys = plan.indicators.filter(plan.indicators.kind.isin(["ip", "prefix"]))
-    shared = shared_keys_expr(network_keys, members)
-    places = shared.group_by(["cluster_id", "kind"]).agg(n_addresses=shared.address.nunique())
+    keys = plan.indicators.filter(plan.indicators.kind.isin(["ip", "prefix", "signup_wave"]))
+    shared = shared_keys_expr(keys, members)
+    on_network = shared.filter(shared.kind != "signup_wave")
+    places = on_network.group_by(["cluster_id", "kind"]).agg(
+        n_addresses=on_network.address.nunique()
+    )
     counted = pl.from_arrow(engine.to_arrow(places))
     assert isinstance(counted, pl.DataFrame)
     widest = counted.group_by("cluster_id").agg(pl.col("n_addresses").max())
-    many = widest.filter(pl.col("n_addresses") > max_addresses).get_column("cluster_id")
-    return sorted(set(network_only.to_list()) - set(many.to_list()))
+    many = set(widest.filter(pl.col("n_addresses") > max_addresses)["cluster_id"].to_list())
+    located = set(network_only["cluster_id"].to_list()) - many
+    waved = set(network_only.filter(pl.col("waves"))["cluster_id"].to_list()) & located
+    if waved:
+        located -= waved - _waves_from_the_place(engine, shared, sorted(waved))
+    return sorted(located)
+
+
+def _waves_from_the_place(engine: Engine, shared: ir.Table, clusters: list[str]) -> set[str]:
+    """Of ``clusters``, those whose shared sign-up wave keys all come from the network (the
+    sign-up prefix) of an address its members share."""
+    mine = shared.filter(shared.cluster_id.isin(clusters))
+    waves = mine.filter(mine.kind == "signup_wave")
+    wave_places = waves.select(
+        "cluster_id", place=waves.key.re_extract(SIGNUP_IP_KEY, 1), from_network=ibis.literal(False)
+    )
+    ips = mine.filter(mine.kind == "ip")
+    ip_places = ips.select(
+        "cluster_id",
+        place=signup_prefix(ips.key.re_extract(r"^(.+)\|-?\d+$", 1)),
+        from_network=ibis.literal(True),
+    )
+    rows = pl.from_arrow(engine.to_arrow(ibis.union(wave_places, ip_places, distinct=True)))
+    assert isinstance(rows, pl.DataFrame)
+    at_home = rows.filter(~pl.col("from_network")).join(
+        rows.filter(pl.col("from_network")).select("cluster_id", "place"),
+        on=["cluster_id", "place"],
+        how="left",
+        coalesce=False,
+    )
+    # A domain wave extracts no place ("") and so matches no address.
+    away = at_home.filter((pl.col("place") == "") | pl.col("place_right").is_null())
+    return set(clusters) - set(away["cluster_id"].to_list())
 
 
 def _one_address_members(

@@ -266,12 +266,22 @@ def _exchange_keys(
     )
 
 
-def _signup_keys(accounts: ir.Table, cfg: Mapping[str, Any]) -> ir.Table:
-    a = accounts.filter(accounts.created_at.notnull())
-    ip = a.signup_ip.fill_null("")
+def signup_prefix(ip: ir.StringValue) -> ir.StringValue:
+    """The network a sign-up wave is keyed on: an IPv4 address's /24 (``a.b.c``) or an IPv6
+    address's first three groups; ``""`` for anything else."""
+    ip = ip.fill_null("")
     v4 = ip.re_extract(r"^(\d+\.\d+\.\d+)\.\d+$", 1)
     v6 = ip.lower().re_extract(r"^([0-9a-f]*:[0-9a-f]*:[0-9a-f]*)", 1)
-    prefix = ibis.ifelse(v4 != "", v4, v6)
+    return ibis.ifelse(v4 != "", v4, v6)
+
+
+#: A sign-up wave key from one network: ``<grid>|ip|<prefix>|<bucket>`` (group 1: the prefix).
+SIGNUP_IP_KEY = r"^[ab]\|ip\|(.+)\|-?\d+$"
+
+
+def _signup_keys(accounts: ir.Table, cfg: Mapping[str, Any]) -> ir.Table:
+    a = accounts.filter(accounts.created_at.notnull())
+    prefix = signup_prefix(a.signup_ip)
     minutes = float(cfg["window_minutes"])
     parts = []
     # Two bucket grids half a window apart so a wave straddling a boundary is still seen.

@@ -277,15 +277,22 @@ def test_top_cuts_lose_none_of_a_clusters_heaviest_edges(
     assert pruned > 0
 
 
-def _household_and_pool() -> tuple[pa.Table, pa.Table]:
+def _household_and_pool(home_signup: str | None = None) -> tuple[pa.Table, pa.Table]:
     """Four accounts on one home address for three weeks, and four that share as many
-    (address, window) keys spread over a rented pool of many addresses; nothing else shared."""
+    (address, window) keys spread over a rented pool of many addresses; nothing else shared.
+
+    With ``home_signup`` the household's accounts were opened together, minutes apart, from
+    that address: a sign-up wave besides the address."""
     s = Synth(11)
     add_background(s, n=40)
     for group in ("home", "pool"):
         for i in range(4):
             aid = f"{group}-{i}"
-            s.account(aid, T0 - 200 * DAY - i * DAY, f"mail{i}.example", f"pf-{aid}", f"9.8.{i}.7")
+            if group == "home" and home_signup:
+                created, signup_ip = T0 - 200 * DAY + i * 5 * 60_000, home_signup
+            else:
+                created, signup_ip = T0 - 200 * DAY - i * DAY, f"9.8.{i}.7"
+            s.account(aid, created, f"mail{i}.example", f"pf-{aid}", signup_ip)
     for day in range(21):
         for i in range(4):
             t = T0 + day * DAY + i * 20 * 60_000
@@ -355,6 +362,22 @@ def test_a_cluster_on_one_address_is_a_place_not_an_operation() -> None:
     }
     assert clusters[1] == {"pool"}
     assert clusters[0] == {"home", "pool"}  # the near miss: kept without the rule
+
+
+def test_a_household_that_signed_up_together_at_home_is_still_one_place() -> None:
+    off = {"member_location_max_addresses": 0}
+
+    def groups(home_signup: str, n: int) -> set[str]:
+        sig, acc = _household_and_pool(home_signup)
+        members = _members_linked(sig, acc, {**off, "location_max_addresses": n})
+        return {aid.split("-")[0] for aid in members}
+
+    # Opened from the home address's /24 within half an hour: a second kind of tie, but the
+    # same place.
+    assert groups("71.10.20.30", 0) == {"home", "pool"}  # the wave ties them without the rule
+    assert groups("71.10.20.30", 1) == {"pool"}
+    # Near miss: opened together from another network, the wave is evidence of its own.
+    assert groups("88.1.2.3", 1) == {"home", "pool"}
 
 
 def _pool_and_bystander(hops: int = 0) -> tuple[pa.Table, pa.Table]:

@@ -28,6 +28,9 @@ class Knobs:
     account_age_days: float = 0.0  # accounts created this long (median) before first use
     volume_cap: int = 0  # max exchanges per account per day (0: no cap)
     distinct_cards: bool = False  # every account pays with its own card
+    # Days of the window before the campaign starts: its first exchanges land on traffic the
+    # online path has already seen (a replay otherwise begins cold at the campaign's start).
+    start_day: float = 0.0
     ipv6_share: float = 0.05  # share of exits that are IPv6
     # >0: the exit pool is drawn from this seed, not the run's, so runs with different seeds (two
     # providers) see the same operation's infrastructure with different accounts and cards.
@@ -43,7 +46,7 @@ class Knobs:
         for name in ("accounts", "volume_cap", "infra_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{campaign}.{name}={getattr(self, name)}: must be >= 0")
-        for name in ("rate", "timing_jitter", "account_age_days"):
+        for name in ("rate", "timing_jitter", "account_age_days", "start_day"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{campaign}.{name}={getattr(self, name)}: must be >= 0")
 

@@ -408,6 +408,8 @@ class Builder:
         g.tz = np.zeros(n)
         g.jitter_s = k.timing_jitter
         g.start_day = np.floor(self.rng.uniform(0, min(2.0, self.days / 3), size=n))
+        if k.start_day > 0:
+            g.start_day = np.minimum(g.start_day + np.floor(k.start_day), self.days - 1)
         if k.account_age_days > 0:
             g.created_day = g.start_day - self.rng.uniform(0.7, 1.3, size=n) * k.account_age_days
         else:

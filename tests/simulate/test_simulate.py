@@ -141,6 +141,26 @@ def test_knobs_change_the_traffic(tmp_path: Path) -> None:
     assert cards == (12, 12)
 
 
+def test_a_campaign_can_start_later_in_the_window(tmp_path: Path) -> None:
+    con = duckdb.connect()
+
+    def first_day(start_day: str) -> tuple[int, int]:
+        run = simulate("june2026", "tiny", 2, tmp_path / f"start{start_day}",
+                       {"june2026.start_day": start_day, "june2026.accounts": "6"})  # fmt: skip
+        row = con.sql(
+            f"select min(ts)::date - (select min(ts)::date from '{run.out / 'exchanges.parquet'}'), "
+            f"count(*) from '{run.out / 'exchanges.parquet'}' "
+            f"join read_csv('{run.out / 'labels.csv'}') using (account_id) where label = 'attack'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    # Three days at the tiny scale: every account starts on day 0, or two days later.
+    (day0, n0), (day2, n2) = first_day("0"), first_day("2")
+    assert (day0, day2) == (0, 2)
+    assert 0 < n2 < n0
+
+
 def test_unknown_knob_lists_valid_keys() -> None:
     with pytest.raises(
         ConfigError, match=r"unknown setting 'june2026\.speed'.*june2026\.cover_traffic"
@@ -158,6 +178,7 @@ def test_unknown_knob_lists_valid_keys() -> None:
         ("june2026.accounts", "2.5", "expected an integer"),
         ("june2026.distinct_cards", "maybe", "expected true or false"),
         ("june2026.volume_cap", "-1", "must be >= 0"),
+        ("june2026.start_day", "-2", "must be >= 0"),
     ],
 )
 def test_bad_knob_values_are_rejected(key: str, value: str, message: str) -> None:

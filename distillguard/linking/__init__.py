@@ -174,8 +174,8 @@ def _internal_edges(
     to those with both ends in one cluster (clusters numbered as integers for the joins): a
     seed-scale hydra of 25,000 heads has ~200M internal edges, so its statistics (the columns
     of :func:`_empty_stats`) are summed in the engine and only its heaviest edges come out as
-    the campaign subgraph's evidence. ``cuts`` (from :func:`_top_cuts`) drops, before the ranking, the edges of
-    a large cluster that cannot be among its heaviest.
+    the campaign subgraph's evidence. ``cuts`` (from :func:`_top_cuts`) drops, before the
+    ranking, the edges of a large cluster that cannot be among its heaviest.
     """
     if membership.num_rows == 0:
         return empty_edges(), _empty_stats(config)
@@ -366,12 +366,12 @@ def _one_address_members(
     """``membership`` without the members tied to their cluster by one shared place alone.
 
     A member that shares with the rest of its cluster no key but the network's, and those through
-    at most ``linking.member_location_max_addresses`` address (and as many prefixes), is a bystander on
-    one of the operation's exits, however many heads used that exit: at the seed scale (fresh
-    seed 1089) a casual user whose only address in six weeks was one of `pivot`'s exits, shared
-    with all 40 heads, and a VPN user on one address with 110 of a harvester's 120 accounts were
-    suspended with them. The per-cluster rule (:func:`_one_location_clusters`) applied to each
-    member. A cluster left smaller than ``graph.min_cluster_size`` is dropped.
+    at most ``linking.member_location_max_addresses`` address (and as many prefixes), is a
+    bystander on one of the operation's exits, however many heads used that exit: at the seed
+    scale (fresh seed 1089) a casual user whose only address in six weeks was one of `pivot`'s
+    exits, shared with all 40 heads, and a VPN user on one address with 110 of a harvester's
+    120 accounts were suspended with them. The per-cluster rule (:func:`_one_location_clusters`)
+    applied to each member. A cluster left smaller than ``graph.min_cluster_size`` is dropped.
 
     Prefixes count as places only where a prefix tie alone can make a strong edge
     (``kinds.prefix.weight`` at least ``graph.min_edge_weight``; by default it is a quarter of

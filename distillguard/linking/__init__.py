@@ -373,6 +373,11 @@ def _one_address_members(
     120 accounts were suspended with them. The per-cluster rule (:func:`_one_location_clusters`)
     applied to each member. A cluster left smaller than ``graph.min_cluster_size`` is dropped.
 
+    A key of another kind (a template, a user agent) counts only where members of the cluster
+    hold at least ``linking.member_key_min_cluster_share`` of its accounts (``df``): fresh seed
+    1097 suspended a developer whose only address was one of `pivot`'s exits and whose coding
+    prompts fell into scaffolds 18-287 accounts use, all 40 heads among them.
+
     Prefixes count as places only where a prefix tie alone can make a strong edge
     (``kinds.prefix.weight`` at least ``graph.min_edge_weight``; by default it is a quarter of
     it): otherwise a member's strong ties stand on its shared addresses. The VPN user above also
@@ -387,17 +392,21 @@ def _one_address_members(
     prefixes_are_places = prefix_weight >= float(lcfg["graph"]["min_edge_weight"])
     members = engine.table("member_places", membership.select(["account_id", "cluster_id"]))
     held = plan.indicators.join(members, "account_id").select(
-        "cluster_id", "account_id", "kind", "key", "address"
+        "cluster_id", "account_id", "kind", "key", "address", "df"
     )
     # Keys another member of the same cluster holds too: one pass over the memberships, where a
     # join back to shared_keys_expr would read the ~10^8 indicator rows twice at the seed scale.
     holders = held.key.count().over(group_by=[held.cluster_id, held.kind, held.key])
     own = held.mutate(holders=holders).filter(ibis._.holders >= 2)
     network = own.kind.isin(["ip", "prefix"])
+    # Another kind of key ties the member to the operation only where the cluster holds most of
+    # it: a coding scaffold 287 accounts use, 40 of them the operation's, is a popular scaffold.
+    own_share = float(lcfg.get("member_key_min_cluster_share", 0.0))
+    its_own = own.holders.cast("float64") >= own_share * own.df.cast("float64")
     per_member = own.group_by(["cluster_id", "account_id"]).agg(
         ip_addresses=own.address.nunique(where=own.kind == "ip"),
         prefixes=own.address.nunique(where=own.kind == "prefix"),
-        other_keys=(~network).sum(),
+        other_keys=(~network & its_own).sum(),
     )
     one_place = (per_member.ip_addresses <= max_addresses) & (per_member.other_keys == 0)
     if prefixes_are_places:

@@ -13,7 +13,7 @@ from distillguard.linking import LinkResult, _strong_edges, _summed_slices, _top
 from distillguard.linking.edges import edge_expressions, edge_plan
 
 from .conftest import small_world_config
-from .synth import DAY, T0, Synth, add_background, add_hydra
+from .synth import DAY, HOUR, T0, Synth, add_background, add_hydra
 
 
 def _group_edges(edges: pa.Table) -> pl.DataFrame:
@@ -380,25 +380,33 @@ def test_a_household_that_signed_up_together_at_home_is_still_one_place() -> Non
     assert groups("88.1.2.3", 1) == {"home", "pool"}
 
 
-def _pool_and_bystander(hops: int = 0) -> tuple[pa.Table, pa.Table]:
+def _pool_and_bystander(hops: int = 0, scaffold_users: int = -1) -> tuple[pa.Table, pa.Table]:
     """Five accounts rotating through a rented pool that keeps one fixed exit, and a home user
     whose only address is that exit, used in the same hours as the pool for three weeks.
 
     With ``hops``, on that many days the bystander (a VPN app switching servers) also sends once
     from another address of the /24 the pool uses in that hour: a prefix met once, not a place.
+    With ``scaffold_users`` >= 0, the heads and the bystander also send prompts of one scaffold,
+    which that many unrelated customers use too.
     """
     s = Synth(12)
-    add_background(s, n=40)
+    background = add_background(s, n=40)
+    scaffold = 777 if scaffold_users >= 0 else None
+    for aid in background[: max(scaffold_users, 0)]:
+        for k in range(2):
+            s.exchange(aid, T0 + k * DAY + 3 * HOUR, f"81.{background.index(aid)}.0.10",
+                       "residential", template=scaffold)  # fmt: skip
     heads = [f"pool-{i}" for i in range(5)]
     for n, aid in enumerate([*heads, "bystander-0"]):
         s.account(aid, T0 - 300 * DAY - n * DAY, f"{aid}.example", f"pf-{aid}", "9.8.7.6")
     for day in range(21):
         for i, aid in enumerate(heads):
             t = T0 + day * DAY + i * 10 * 60_000
-            s.exchange(aid, t, "72.10.0.40", "residential")
+            s.exchange(aid, t, "72.10.0.40", "residential", template=scaffold)
             s.exchange(aid, t + 7 * 3_600_000, f"73.1.{day}.40", "residential")
             s.exchange(aid, t + 14 * 3_600_000, f"74.{day}.1.40", "residential")
-        s.exchange("bystander-0", T0 + day * DAY + 25 * 60_000, "72.10.0.40", "residential")
+        s.exchange("bystander-0", T0 + day * DAY + 25 * 60_000, "72.10.0.40", "residential",
+                   template=scaffold)  # fmt: skip
         if day < hops:
             s.exchange("bystander-0", T0 + day * DAY + 7 * 3_600_000 + 45 * 60_000,
                        f"73.1.{day}.77", "residential")  # fmt: skip
@@ -418,6 +426,20 @@ def test_a_member_on_one_of_the_operations_exits_is_a_bystander() -> None:
     }
     assert members[0] >= {f"pool-{i}" for i in range(5)} | {"bystander-0"}  # near miss
     assert members[1] == {f"pool-{i}" for i in range(5)}
+
+
+def test_a_bystander_sharing_a_popular_scaffold_with_the_pool_is_still_a_bystander() -> None:
+    heads = {f"pool-{i}" for i in range(5)}
+    settings: dict[str, Any] = {"member_location_max_addresses": 1, "graph.majority_min_ties": 3}
+    # Twelve other customers use the scaffold: the pool holds 5 (6 with the bystander) of 18.
+    sig, acc = _pool_and_bystander(scaffold_users=12)
+    assert _members_linked(sig, acc, settings) == heads
+    # Near misses: counting every shared key, the scaffold keeps it in the cluster; and a
+    # scaffold only the pool and the bystander use is a tie to the operation.
+    every_key = {**settings, "member_key_min_cluster_share": 0.0}
+    assert "bystander-0" in _members_linked(sig, acc, every_key)
+    sig, acc = _pool_and_bystander(scaffold_users=0)
+    assert "bystander-0" in _members_linked(sig, acc, settings)
 
 
 def test_a_bystander_meeting_the_pool_on_other_prefixes_once_is_still_a_bystander() -> None:

@@ -376,7 +376,7 @@ def _one_address_members(
     A key of another kind (a template, a user agent) counts only where members of the cluster
     hold at least ``linking.member_key_min_cluster_share`` of its accounts (``df``): fresh seed
     1097 suspended a developer whose only address was one of `pivot`'s exits and whose coding
-    prompts fell into scaffolds 18-287 accounts use, all 40 heads among them.
+    prompts fell into scaffolds many other customers use too, all 40 heads among them.
 
     Prefixes count as places only where a prefix tie alone can make a strong edge
     (``kinds.prefix.weight`` at least ``graph.min_edge_weight``; by default it is a quarter of
@@ -400,7 +400,7 @@ def _one_address_members(
     own = held.mutate(holders=holders).filter(ibis._.holders >= 2)
     network = own.kind.isin(["ip", "prefix"])
     # Another kind of key ties the member to the operation only where the cluster holds most of
-    # it: a coding scaffold 287 accounts use, 40 of them the operation's, is a popular scaffold.
+    # it: a coding scaffold hundreds of accounts use, 40 of them the operation's, is popular.
     own_share = float(lcfg.get("member_key_min_cluster_share", 0.0))
     its_own = own.holders.cast("float64") >= own_share * own.df.cast("float64")
     per_member = own.group_by(["cluster_id", "account_id"]).agg(

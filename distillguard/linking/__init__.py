@@ -23,6 +23,7 @@ from distillguard.linking.clusters import (
 )
 from distillguard.linking.communities import find_clusters
 from distillguard.linking.edges import (
+    ADDRESS_KEY,
     EDGE_KINDS,
     SIGNUP_IP_KEY,
     EdgePlan,
@@ -344,7 +345,7 @@ def _waves_from_the_place(engine: Engine, shared: ir.Table, clusters: list[str])
     ips = mine.filter(mine.kind == "ip")
     ip_places = ips.select(
         "cluster_id",
-        place=signup_prefix(ips.key.re_extract(r"^(.+)\|-?\d+$", 1)),
+        place=signup_prefix(ips.key.re_extract(ADDRESS_KEY, 1)),
         from_network=ibis.literal(True),
     )
     rows = pl.from_arrow(engine.to_arrow(ibis.union(wave_places, ip_places, distinct=True)))

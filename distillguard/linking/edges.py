@@ -277,6 +277,8 @@ def signup_prefix(ip: ir.StringValue) -> ir.StringValue:
 
 #: A sign-up wave key from one network: ``<grid>|ip|<prefix>|<bucket>`` (group 1: the prefix).
 SIGNUP_IP_KEY = r"^[ab]\|ip\|(.+)\|-?\d+$"
+#: An ip or prefix key, ``<address>|<window>`` (:func:`_exchange_keys`; group 1: the address).
+ADDRESS_KEY = r"^(.+)\|-?\d+$"
 
 
 def _signup_keys(accounts: ir.Table, cfg: Mapping[str, Any]) -> ir.Table:

@@ -21,7 +21,7 @@ from rich.progress import Progress, TimeElapsedColumn
 from distillguard.core.atomic import atomic_path, write_text_atomic
 from distillguard.core.config import config_hash
 from distillguard.core.detector import Detections
-from distillguard.core.engine import Engine
+from distillguard.core.engine import Engine, release_arrow_memory
 from distillguard.core.verdict import Action, Reason, Verdict
 from distillguard.engines import is_uri, open_engine, stage_log
 from distillguard.engines.embedded import EmbeddedEngine
@@ -463,6 +463,7 @@ def _prepare(
         from distillguard.engines import scratch_dir
 
         signals = compute_exchange_signals(log, config, work_dir=scratch_dir(engine))
+    release_arrow_memory()
     progress.update(t, total=1, completed=1)
     t = progress.add_task("per-account features", total=None)
     if engine is None:
@@ -471,6 +472,7 @@ def _prepare(
         from distillguard.engines import account_features
 
         features = account_features(engine, signals, log.accounts, config)
+    release_arrow_memory()
     progress.update(t, total=1, completed=1)
     return log, signals, features
 

@@ -37,6 +37,18 @@ class Engine(Protocol):
 _trace = logging.getLogger("distillguard.engine")
 
 
+def release_arrow_memory() -> None:
+    """Hand the pages Arrow's allocator still keeps from freed buffers back to the OS now.
+
+    The package lets mimalloc keep freed pages for a few seconds so batches reuse them (see
+    ``distillguard/__init__.py``); at the end of a stage nothing will, and the next stage (DuckDB
+    under its own cap, or the graph step) needs that memory.
+    """
+    started = time.perf_counter()
+    pa.default_memory_pool().release_unused()
+    trace_call("release_arrow", started)
+
+
 def tracing() -> bool:
     """Whether engine calls are being traced (``DISTILLGUARD_LOG=debug``)."""
     return _trace.isEnabledFor(logging.DEBUG)

@@ -13,7 +13,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from distillguard.core.engine import trace_call, tracing
+from distillguard.core.engine import release_arrow_memory, trace_call, tracing
 
 
 class EmbeddedEngine:
@@ -75,7 +75,9 @@ class EmbeddedEngine:
         """Evict DuckDB's buffer pool: lowering its cap makes it drop the cached blocks of held
         tables (on disk already when file-backed), and the process's resident memory falls at
         once; the cap is then set back. At the seed scale reading the strong edges back left
-        7 GiB of held edge sums cached while linking's graph step needed that memory."""
+        7 GiB of held edge sums cached while linking's graph step needed that memory. Arrow's
+        freed pages go back too (:func:`release_arrow_memory`)."""
+        release_arrow_memory()
         if self._database is None:
             return  # in memory, held tables live in the buffer pool: evicting them means spilling
         started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -452,15 +453,21 @@ def link(
     # The graph step runs outside the engine, beside what the engine cached of its held tables.
     engine.release_memory()
     names = engine.to_arrow(plan.accounts.select("account_code", "account_id"))
-    membership = _one_address_members(
-        engine, plan, find_clusters(strong, config, account_names=names), config
-    )
+    act_expr, cap_expr = account_activity_expr(signals)
+    # The graph step is single-threaded Python (~45 s at the seed scale); the per-account activity
+    # needs no cluster, so the engine reads it on the idle core meanwhile. One engine call at a
+    # time still: the main thread waits for both before its next one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="linking-activity") as beside:
+        activity_call = beside.submit(engine.to_arrow, act_expr.order_by("account_id"))
+        capabilities_call = beside.submit(
+            engine.to_arrow, cap_expr.order_by(["account_id", "capability"])
+        )
+        clusters = find_clusters(strong, config, account_names=names)
+        activity, capabilities = activity_call.result(), capabilities_call.result()
+    membership = _one_address_members(engine, plan, clusters, config)
     cuts = _top_cuts(strong, membership, names, config)
     del strong
     edges, edge_stats = _internal_edges(engine, plan, summed_slices, membership, config, cuts)
-    act_expr, cap_expr = account_activity_expr(signals)
-    activity = engine.to_arrow(act_expr.order_by("account_id"))
-    capabilities = engine.to_arrow(cap_expr.order_by(["account_id", "capability"]))
     located = _one_location_clusters(engine, plan, membership, edge_stats, config)
     if located:
         membership = membership.filter(

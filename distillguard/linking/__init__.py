@@ -30,8 +30,10 @@ from distillguard.linking.edges import (
     EdgePlan,
     edge_plan,
     edge_sums,
+    edge_totals,
     empty_edges,
     evidence_families,
+    kind_on,
     named_edges,
     signup_prefix,
 )
@@ -61,28 +63,20 @@ class LinkResult:
     shared: Mapping[str, list[dict[str, Any]]]
 
 
-def _slices(pairs: ir.Table, config: Mapping[str, Any]) -> list[ir.Table]:
-    """The pairs in ``linking.edge_partitions`` slices of ``code_a``: every row of a pair lands
-    in one slice, so each slice sums to whole edges."""
-    partitions = max(1, int(config["linking"].get("edge_partitions", 1)))
-    if partitions == 1:
-        return [pairs]
-    return [pairs.filter(pairs.code_a % partitions == part) for part in range(partitions)]
-
-
 def _summed_slices(engine: Engine, plan: EdgePlan, config: Mapping[str, Any]) -> list[ir.Table]:
-    """Every coded edge, summed once and held in the engine, in ``linking.edge_partitions``
-    slices of ``code_a``.
+    """Every coded edge's weight and kinds (:func:`edge_totals`), summed once and held in the
+    engine, in ``linking.edge_partitions`` slices of ``code_a``.
 
     At the seed scale there are ~230M pairs, ~48M of them strong (a hydra of 25,000 heads), and
     one aggregation over all of them does not fit the engine's memory cap, so each slice is
-    summed alone. Held rather than summed again by each reader (the strong edges, then the
-    in-cluster statistics and heaviest edges): summing a slice's pairs was 13-17 s a slice at the
-    seed scale, and the in-cluster pass summed every slice twice more (8 x 34 s).
+    summed alone; every row of a pair lands in one slice. Held rather than summed again by each
+    reader (the strong edges, then the in-cluster statistics and heaviest edges): the in-cluster
+    pass once summed every slice twice more (8 x 34 s).
     """
+    partitions = max(1, int(config["linking"].get("edge_partitions", 1)))
     return [
-        engine.cache(edge_sums(chunk, plan.accounts, config))
-        for chunk in _slices(plan.pairs, config)
+        engine.cache(edge_totals(plan.kind_pairs, plan.accounts, config, partitions, part))
+        for part in range(partitions)
     ]
 
 
@@ -90,7 +84,7 @@ def _strong_edges(
     summed_slices: list[ir.Table], engine: Engine, config: Mapping[str, Any]
 ) -> pa.Table:
     """The coded edges at or above ``graph.min_edge_weight``: codes, weight, and whether each
-    kind contributed (booleans), in no particular order.
+    kind contributed (booleans ``w_<kind>``), in no particular order.
 
     Only the strong edges of each slice leave the engine. Codes travel as int32 and kinds as
     booleans, ~17 bytes an edge.
@@ -105,7 +99,7 @@ def _strong_edges(
                     code_a=strong.code_a.cast("int32"),
                     code_b=strong.code_b.cast("int32"),
                     weight=strong.weight,
-                    **{f"w_{k}": strong[f"w_{k}"] > 0 for k in EDGE_KINDS},
+                    **{f"w_{k}": kind_on(strong.kinds, k) for k in EDGE_KINDS},
                 )
             )
         )
@@ -214,21 +208,21 @@ def _internal_edges(
         )
     tops: list[pa.Table] = []
     stats: list[pa.Table] = []
-    columns = ["code_a", "code_b", "weight", "n_kinds", *[f"w_{k}" for k in EDGE_KINDS]]
     for summed in summed_slices:
         inside = summed.join(ma, "code_a")
         inside = inside.semi_join(mk, _member_key(inside.cluster_a, inside.code_b) == mk.member_key)
-        fam_on = {
-            name: ibis.or_(*[inside[f"w_{k}"] > 0 for k in kinds])
-            for name, kinds in families.items()
-        }
         stats.append(
             engine.to_arrow(
                 inside.group_by(cluster_no=inside.cluster_a).agg(
                     n_edges=inside.count(),
                     weight_sum=inside.weight.sum(),
-                    **{f"n_w_{k}": (inside[f"w_{k}"] > 0).cast("int64").sum() for k in EDGE_KINDS},
-                    **{f"n_fam_{n}": on.cast("int64").sum() for n, on in fam_on.items()},
+                    **{
+                        f"n_w_{k}": kind_on(inside.kinds, k).cast("int64").sum() for k in EDGE_KINDS
+                    },
+                    **{
+                        f"n_fam_{name}": kind_on(inside.kinds, *kinds).cast("int64").sum()
+                        for name, kinds in families.items()
+                    },
                 )
             )
         )
@@ -242,7 +236,7 @@ def _internal_edges(
             )
             inside = inside.mutate(rank=rank)
             inside = inside.filter(inside.rank < cap)
-        tops.append(engine.to_arrow(inside.select(*columns, "cluster_a")))
+        tops.append(engine.to_arrow(inside.select("code_a", "code_b", "weight", "cluster_a")))
     top = pl.from_arrow(pa.concat_tables(tops))
     assert isinstance(top, pl.DataFrame)
     if cap > 0:
@@ -253,8 +247,8 @@ def _internal_edges(
             .group_by("cluster_a", maintain_order=True)
             .head(cap)
         )
-    kept = engine.table("cluster_edges_kept", top.select(columns).to_arrow())
-    named = engine.to_arrow(named_edges(kept, plan.accounts))
+    kept = engine.table("cluster_edges_kept", top.select("code_a", "code_b", "weight").to_arrow())
+    named = engine.to_arrow(named_edges(_with_kind_values(plan, kept, config), plan.accounts))
     total = pl.from_arrow(pa.concat_tables(stats))
     assert isinstance(total, pl.DataFrame)
     summary = total.group_by("cluster_no").agg(pl.all().sum())
@@ -267,6 +261,17 @@ def _internal_edges(
         .to_arrow()
         .cast(_empty_stats(config).schema),
     )
+
+
+def _with_kind_values(plan: EdgePlan, kept: ir.Table, config: Mapping[str, Any]) -> ir.Table:
+    """The edges ``kept`` (codes and weight) with ``n_kinds`` and each kind's value
+    (:func:`edge_sums` over their pairs' rows alone); the weight stays the one they were
+    ranked by."""
+    rows = plan.pairs.semi_join(
+        kept, [plan.pairs.code_a == kept.code_a, plan.pairs.code_b == kept.code_b]
+    )
+    values = edge_sums(rows, plan.accounts, config).drop("weight")
+    return kept.join(values, ["code_a", "code_b"])
 
 
 def _one_location_clusters(

@@ -485,4 +485,7 @@ def link(
     # The indicator memberships (every address window every account used) stay in the engine.
     members = engine.table("cluster_membership", membership)
     shared = shared_indicators(engine.to_arrow(shared_indicators_expr(plan.indicators, members)))
+    # Nothing reads linking's held tables again: what the engine keeps cached of them (~7 GiB of
+    # pairs after the kept edges' values at the seed scale) would sit beside the next stages.
+    engine.release_memory()
     return LinkResult(edges, membership, features, activity, capabilities, shared)

@@ -59,7 +59,6 @@ def _seconds_bucket(
 def _key_stats(
     keyed: ir.Table,
     accounts: ir.Table,
-    kind: str,
     n_accounts: ir.IntegerScalar,
     cfg: Mapping[str, Any],
     lcfg: Mapping[str, Any],
@@ -124,14 +123,12 @@ def _key_stats(
         "key", "df", "key_weight", "infra"
     )
     members = ka.select("key", "account_id", "address").join(per_key, "key")
-    return members.mutate(kind=ibis.literal(kind)).select(
-        "kind", "key", "account_id", "key_weight", "df", "address", "infra"
-    )
+    # No kind column: a constant string in every held row (~29M for the ip kind at the seed
+    # scale) made writing the table a third slower; edge_plan names the kind as it reads it.
+    return members.select("key", "account_id", "key_weight", "df", "address", "infra")
 
 
-def _pairs(
-    members: ir.Table, kind: str, cfg: Mapping[str, Any], vouched_discount: float = 1.0
-) -> ir.Table:
+def _pairs(members: ir.Table, cfg: Mapping[str, Any], vouched_discount: float = 1.0) -> ir.Table:
     """Saturated per-pair contribution of one kind from its eligible key memberships.
 
     Keys on shared infrastructure (``infra``: a cloud address, ``vouched_infrastructure_kinds``)
@@ -188,9 +185,7 @@ def _pairs(
     # What the vouched cloud keys add beyond the pair's other keys counts at the discount.
     plain = weight * (1.0 - (-((summed.s - summed.s_vi) / scale)).exp())
     contrib = plain + (full - plain) * vouched_discount if discounting else full
-    return summed.select(
-        "code_a", "code_b", kind=ibis.literal(kind), contribution=contrib.cast("float64")
-    )
+    return summed.select("code_a", "code_b", contribution=contrib.cast("float64"))
 
 
 def _net_weight(kind_col: ir.StringValue, lcfg: Mapping[str, Any]) -> ir.FloatingValue:
@@ -372,7 +367,6 @@ def _synchrony(
     pairs = co.select(
         "code_a",
         "code_b",
-        kind=ibis.literal("synchrony"),
         contribution=(float(cfg["weight"]) * co.jaccard).cast("float64"),
     )
     return pairs
@@ -485,7 +479,7 @@ class EdgePlan:
 
     coded: ir.Table  # code_a < code_b, weight, n_kinds, w_<kind>; no names, no order
     pairs: ir.Table  # code_a, code_b, kind, contribution: one row per pair and kind
-    kind_pairs: Mapping[str, ir.Table]  # the rows of ``pairs`` of each kind
+    kind_pairs: Mapping[str, ir.Table]  # per kind: code_a, code_b, contribution (its rows of pairs)
     indicators: ir.Table  # kind, key, account_id, key_weight, df, address (unordered)
     accounts: ir.Table  # account_id, account_code, kyc, platform
 
@@ -558,29 +552,42 @@ def edge_plan(
                 keyed = _signup_keys(accounts, cfg)
             else:
                 keyed = _exchange_keys(signals, kind, cfg, lcfg)
-            members = _key_stats(keyed, accounts, kind, n_accounts, cfg, lcfg, hold)
+            members = _key_stats(keyed, accounts, n_accounts, cfg, lcfg, hold)
             members = members.join(vouched, "account_id")
             if hold is not None:
                 members = hold(members)
-            pairs = _pairs(members, kind, cfg, infra_discount if kind in _ADDRESS_KINDS else 1.0)
+            pairs = _pairs(members, cfg, infra_discount if kind in _ADDRESS_KINDS else 1.0)
             # Synchrony's memberships are raw activity, not indicators: the edge share reports it.
             member_parts.append(
                 # Cast: a kind without addresses holds nulls, which Spark reads back as int32.
                 members.select(
-                    "kind",
                     "key",
                     "account_id",
                     "key_weight",
                     "df",
                     address=members.address.cast("int64"),
-                )
+                    kind=ibis.literal(kind),
+                ).select("kind", "key", "account_id", "key_weight", "df", "address")
             )
         if hold is not None:
             # One self-join at a time: run together inside one query, the joins of every kind
             # competed for memory (the seed scale's next out-of-memory after the memberships).
-            pairs = hold(pairs)
+            # Codes as int32 (~680k accounts at the seed scale) and no kind column: half the
+            # writing of ~170M ip pairs (20 against 8 s on the seed-scale harness).
+            pairs = hold(
+                pairs.select(
+                    code_a=pairs.code_a.cast("int32"),
+                    code_b=pairs.code_b.cast("int32"),
+                    contribution=pairs.contribution,
+                )
+            )
         pair_parts[kind] = pairs
-    pairs = ibis.union(*pair_parts.values())
+    pairs = ibis.union(
+        *(
+            part.select("code_a", "code_b", kind=ibis.literal(kind), contribution=part.contribution)
+            for kind, part in pair_parts.items()
+        )
+    )
     indicators = ibis.union(*member_parts)
     return EdgePlan(edge_sums(pairs, table, config), pairs, pair_parts, indicators, table)
 

@@ -509,7 +509,8 @@ def edge_plan(
     Nothing is executed here unless ``hold`` is given: it is applied to each kind's key
     memberships, which both the edges and the indicators read, and to each kind's pairs, so an
     engine computes them once (``Engine.cache``) instead of once per consumer. Summing the
-    pairs is left to the consumer: :func:`edge_sums` on all of them (``coded``) or on a slice.
+    pairs is left to the consumer: :func:`edge_sums` on all of them (``coded``) or on a subset,
+    or :func:`edge_totals` (weight and kinds mask only) on a slice.
 
     The coded edges carry ``code_a`` / ``code_b`` (integer codes in account-name order, see
     ``_account_table``) and no names: :func:`named_edges` adds them and sorts by code.

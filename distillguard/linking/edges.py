@@ -428,11 +428,15 @@ def _account_table(signals: ir.Table, accounts: ir.Table, lcfg: Mapping[str, Any
     return table.mutate(platform=ibis.literal(False))
 
 
-def _vouched_ends(edges: ir.Table, table: ir.Table) -> ir.Table:
-    """``edges`` with each end's KYC (``ka``, ``kb``) and platform (``pa_``, ``pb_``) flags."""
+def _vouched_factor(
+    edges: ir.Table, table: ir.Table, discount: float
+) -> tuple[ir.Table, ir.FloatingValue]:
+    """``edges`` joined to each end's flags, and the factor of each edge: ``discount`` between
+    two KYC accounts or where either end is a platform, 1 otherwise (see :func:`_discounted`)."""
     ta = table.select(code_a=table.account_code, ka=table.kyc, pa_=table.platform)
     tb = table.select(code_b=table.account_code, kb=table.kyc, pb_=table.platform)
-    return edges.join(ta, "code_a").join(tb, "code_b")
+    e = edges.join(ta, "code_a").join(tb, "code_b")
+    return e, ibis.ifelse((e.ka & e.kb) | e.pa_ | e.pb_, discount, 1.0)
 
 
 def _discounted(edges: ir.Table, table: ir.Table, discount: float) -> ir.Table:
@@ -446,8 +450,7 @@ def _discounted(edges: ir.Table, table: ir.Table, discount: float) -> ir.Table:
     """
     if discount >= 1.0:
         return edges
-    e = _vouched_ends(edges, table)
-    factor = ibis.ifelse((e.ka & e.kb) | e.pa_ | e.pb_, discount, 1.0)
+    e, factor = _vouched_factor(edges, table, discount)
     return e.select(
         "code_a",
         "code_b",
@@ -562,13 +565,13 @@ def edge_plan(
             member_parts.append(
                 # Cast: a kind without addresses holds nulls, which Spark reads back as int32.
                 members.select(
-                    "key",
-                    "account_id",
-                    "key_weight",
-                    "df",
-                    address=members.address.cast("int64"),
                     kind=ibis.literal(kind),
-                ).select("kind", "key", "account_id", "key_weight", "df", "address")
+                    key=members.key,
+                    account_id=members.account_id,
+                    key_weight=members.key_weight,
+                    df=members.df,
+                    address=members.address.cast("int64"),
+                )
             )
         if hold is not None:
             # One self-join at a time: run together inside one query, the joins of every kind
@@ -638,8 +641,7 @@ def edge_totals(
     discount = float(config["linking"].get("verified_pair_discount", 1.0))
     if discount >= 1.0:
         return summed
-    e = _vouched_ends(summed, table)
-    factor = ibis.ifelse((e.ka & e.kb) | e.pa_ | e.pb_, discount, 1.0)
+    e, factor = _vouched_factor(summed, table, discount)
     return e.select("code_a", "code_b", weight=(e.weight * factor).cast("float64"), kinds=e.kinds)
 
 

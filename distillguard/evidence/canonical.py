@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 from collections.abc import Mapping
 from datetime import UTC
 from typing import Any, Final
@@ -60,8 +61,67 @@ def canonical_json(value: Any) -> bytes:
     """RFC 8785 (JCS) canonical JSON of ``value`` as UTF-8 bytes.
 
     Raises ``TypeError``/``ValueError`` (from ``rfc8785``) for values JSON cannot hold.
+
+    ``rfc8785`` is pure Python and was most of the time spent writing the verdicts of a
+    seed-scale run's case files (25,000 documents). Where the standard library's C encoder
+    already writes JCS bytes (see ``_jcs_ready``) it does the work; anything else, and every
+    error, goes through ``rfc8785``.
     """
+    ready = _jcs_ready(value)
+    if ready is not _NOT_READY:
+        try:
+            return json.dumps(
+                ready, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+        except (UnicodeEncodeError, ValueError):
+            pass
     return rfc8785.dumps(value)
+
+
+_NOT_READY: Final = object()
+_JCS_FIXED_FLOAT_MIN: Final = 1e-4
+
+
+def _jcs_ready(value: Any) -> Any:
+    """``value`` with integral floats as ints, or ``_NOT_READY`` where ``json.dumps`` differs.
+
+    For plain dicts with ASCII string keys, lists, strings, bools, None, safe integers
+    and floats, ``json.dumps`` (sorted keys, no spaces, no ASCII escaping) writes what JCS
+    writes: the same escapes, and for a float both print the shortest round-trip digits. They
+    differ only in layout. ECMAScript writes an integral float as an integer, which the
+    conversion here handles (up to 2⁵³, where the integer's digits are the shortest ones). Python uses an exponent below 1e-4, where ECMAScript uses one
+    only below 1e-6, so such values are left to ``rfc8785``. Non-ASCII keys are too, because
+    JCS sorts keys by UTF-16 code units and Python sorts by code points.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else _NOT_READY
+    if kind is float:
+        magnitude = abs(value)
+        if magnitude.is_integer():
+            return int(value) if magnitude <= MAX_SAFE_INTEGER else _NOT_READY
+        return value if magnitude >= _JCS_FIXED_FLOAT_MIN else _NOT_READY
+    if kind is dict:
+        ready_dict: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return _NOT_READY
+            ready_item = _jcs_ready(item)
+            if ready_item is _NOT_READY:
+                return _NOT_READY
+            ready_dict[key] = ready_item
+        return ready_dict
+    if kind is list or kind is tuple:
+        ready_list = []
+        for item in value:
+            ready_item = _jcs_ready(item)
+            if ready_item is _NOT_READY:
+                return _NOT_READY
+            ready_list.append(ready_item)
+        return ready_list
+    return _NOT_READY
 
 
 def sha256_hex(data: bytes) -> str:

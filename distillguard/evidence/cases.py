@@ -6,11 +6,12 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +31,7 @@ from distillguard.evidence.signing import (
 
 CASES_DIR = "cases"
 KEY_DIR_ENV = "DISTILLGUARD_KEY_DIR"
+_LIGHT_COLUMNS = ("account_id", "ts", "request_id")
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,8 @@ def _campaign_rows(
     ).unique(subset="account_id", keep="first", maintain_order=True)
     wanted = pc.field("account_id").isin(pa.array(owner["account_id"].to_list(), pa.string()))
     source = pads.dataset(exchanges) if isinstance(exchanges, pa.Table) else exchanges
-    light = pl.from_arrow(
-        source.to_table(columns=["account_id", "ts", "request_id"], filter=wanted)
-    )
-    assert isinstance(light, pl.DataFrame)
-    light = light.join(owner, on="account_id")
+    parts = _row_groups(source)
+    light = _light_rows(parts, wanted).join(owner, on="account_id")
     sizes = light.group_by("campaign_id").agg(
         total=pl.len(), accounts=pl.col("account_id").n_unique()
     )
@@ -129,10 +128,70 @@ def _campaign_rows(
         rank = pl.int_range(pl.len()).over("account_id")
         light = light.filter(pl.col("per_account").is_null() | (rank < pl.col("per_account")))
         chosen = pc.field("request_id").isin(light["request_id"].to_arrow())
-        rows = source.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted & chosen)
+        rows = _holding(parts, light).to_table(
+            columns=list(EXCHANGE_COLUMNS), filter=wanted & chosen
+        )
     else:
-        rows = source.to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
+        rows = _holding(parts, light).to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
     return rows, scopes
+
+
+def _row_groups(source: pads.Dataset) -> pads.Dataset:
+    """``source`` split into one fragment per Parquet row group, where it is Parquet files.
+
+    The full rows (prompts are most of a log's bytes) are then read only from the row groups
+    that hold a chosen exchange. A log is written in time order and a large campaign commits
+    its members' earliest exchanges, so at the seed scale that is a small part of the log.
+    """
+    if not isinstance(source, pads.FileSystemDataset) or not isinstance(
+        source.format, pads.ParquetFileFormat
+    ):
+        return source
+    fragments = [
+        part for fragment in source.get_fragments() for part in fragment.split_by_row_group()
+    ]
+    return pads.FileSystemDataset(fragments, source.schema, source.format, source.filesystem)
+
+
+def _light_rows(parts: pads.Dataset, wanted: pc.Expression) -> pl.DataFrame:
+    """(account, time, request id) of every wanted row, and the position of the part holding it."""
+    batches = []
+    for position, tagged in _tagged_batches(parts, wanted):
+        part = pa.array(np.full(tagged.num_rows, position, dtype=np.int32))
+        batches.append(tagged.append_column("part", part))
+    schema = pa.schema(
+        [parts.schema.field(name) for name in _LIGHT_COLUMNS] + [pa.field("part", pa.int32())]
+    )
+    light = pl.from_arrow(pa.Table.from_batches(batches, schema=schema))
+    assert isinstance(light, pl.DataFrame)
+    return light
+
+
+def _tagged_batches(
+    parts: pads.Dataset, wanted: pc.Expression
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    scanner = parts.scanner(columns=list(_LIGHT_COLUMNS), filter=wanted)
+    if not isinstance(parts, pads.FileSystemDataset):
+        for batch in scanner.to_batches():
+            yield 0, batch
+        return
+    position = {_part_key(fragment): i for i, fragment in enumerate(parts.get_fragments())}
+    for tagged in scanner.scan_batches():
+        yield position[_part_key(tagged.fragment)], tagged.record_batch
+
+
+def _part_key(fragment: pads.Fragment) -> tuple[str, tuple[int, ...]]:
+    groups = getattr(fragment, "row_groups", None) or []
+    return fragment.path, tuple(group.id for group in groups)
+
+
+def _holding(parts: pads.Dataset, light: pl.DataFrame) -> pads.Dataset:
+    """The parts of ``parts`` that hold at least one of ``light``'s rows."""
+    if not isinstance(parts, pads.FileSystemDataset):
+        return parts
+    fragments = list(parts.get_fragments())
+    kept = [fragments[i] for i in sorted(light["part"].unique().to_list())]
+    return pads.FileSystemDataset(kept, parts.schema, parts.format, parts.filesystem)
 
 
 def _rows_by_campaign(

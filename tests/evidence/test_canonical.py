@@ -15,6 +15,7 @@ from distillguard.core.errors import InvalidInputError
 from distillguard.core.schema import EXCHANGE_SCHEMA
 from distillguard.evidence.canonical import (
     RECORD_FIELDS,
+    canonical_json,
     committed_records,
     ip_hmac,
     normalise_exchanges,
@@ -166,3 +167,58 @@ def test_worked_example_in_docs() -> None:
     assert tree.leaf(1).hex() == "207c9cea9abd79aa53752530b17e8d0ae1b16c9a98c87eec4b754f73945a6c53"
     assert tree.root.hex() == "89144c344c14723438f1e0083a12386498bed7ad53e48eb6ec61161951b5c2de"
     assert tree.inclusion_proof(1) == [tree.leaf(0), tree.leaf(2)]
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=json_values)
+def test_canonical_json_equals_the_rfc8785_package(value: object) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1.0,
+        -0.0,
+        2.0**53,
+        2.0**60,
+        1e16,
+        1e21,
+        1e22,
+        123.456,
+        0.0001,
+        0.00001234,
+        1e-7,
+        5e-324,
+        1.7976931348623157e308,
+        {"\ue000": 1, "\U0001f600": 2, "a": 3},
+        {"b": [1.5, {"a": '\u2028\x7f\x00\n"\\'}], "a": None},
+        ("tuple", True),
+    ],
+)
+def test_canonical_json_layouts_where_python_and_jcs_differ(value: object) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), 2**53, {1: "key not a string"}, "\ud800"]
+)
+def test_canonical_json_refuses_what_jcs_cannot_hold(value: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        canonical_json(value)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -35,7 +36,7 @@ def _exchanges() -> pa.Table:
 
 def _outdir(tmp_path: Path) -> Path:
     out = tmp_path / "results"
-    out.mkdir()
+    out.mkdir(parents=True)
     campaigns = {
         "campaigns": [
             {"id": "C-one", "members": ["a1", "a2"], "confidence": 0.9},
@@ -111,3 +112,27 @@ def test_a_campaign_over_the_cap_commits_each_members_earliest_share(tmp_path: P
     # Under the cap nothing is cut and the manifest carries no scope.
     two = json.loads((out / CASES_DIR / "C-two" / "manifest.json").read_text())
     assert "scope" not in two and two["counts"]["exchanges"] == 3
+
+
+@pytest.mark.parametrize("config", [{}, {"evidence": {"case_max_exchanges": 4}}])
+def test_a_parquet_log_in_row_groups_gives_the_same_cases_as_the_table(
+    tmp_path: Path, config: dict[str, dict[str, int]]
+) -> None:
+    exchanges = _exchanges()
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    # Row groups of 3 rows, so that the cap's earliest rows sit in some row groups only.
+    pq.write_table(exchanges.slice(0, 7), logdir / "part-000.parquet", row_group_size=3)
+    pq.write_table(exchanges.slice(7), logdir / "part-001.parquet", row_group_size=3)
+    key = generate_signing_key()
+    from_table = _outdir(tmp_path / "table")
+    from_files = _outdir(tmp_path / "files")
+    write_campaign_cases(exchanges, from_table, config, signing_key=key)
+    write_campaign_cases(pads.dataset(logdir), from_files, config, signing_key=key)
+
+    def files(out: Path) -> dict[Path, bytes]:
+        root = out / CASES_DIR
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(from_files) == files(from_table)
+    assert len(files(from_table)) > 0

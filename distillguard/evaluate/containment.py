@@ -13,18 +13,18 @@ with projection pushdown), so tens of millions of rows never become Python objec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import duckdb
 import polars as pl
-import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
+from distillguard.core.exchange_sql import (
+    ExchangeSource,
+    parquet_files,
+    read_parquet_sql,
+    sql_frame,
+)
 from distillguard.core.verdict import FLAGGED_ACTIONS, SERVED_ACTIONS
 from distillguard.evaluate.metrics import ratio
-
-ExchangeSource: TypeAlias = pa.Table | pads.Dataset
 
 #: Share of a campaign's accounts that must be flagged for ``seconds_to_95pct_flagged``.
 FLAGGED_QUANTILE_PERCENT = 95
@@ -37,18 +37,6 @@ def _sql_list(values: frozenset[str]) -> str:
     return ", ".join(f"'{v}'" for v in sorted(values))
 
 
-def _parquet_files(exchanges: ExchangeSource) -> list[str] | None:
-    """The local Parquet files behind a dataset, when DuckDB can read them itself."""
-    if (
-        isinstance(exchanges, pads.FileSystemDataset)
-        and isinstance(exchanges.format, pads.ParquetFileFormat)
-        and isinstance(exchanges.filesystem, pafs.LocalFileSystem)
-        and exchanges.files
-    ):
-        return list(exchanges.files)
-    return None
-
-
 def connect_exchanges(exchanges: ExchangeSource) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with an ``exchanges(account_id, ts)`` relation.
 
@@ -58,11 +46,10 @@ def connect_exchanges(exchanges: ExchangeSource) -> duckdb.DuckDBPyConnection:
     registered and copied once into a DuckDB table.
     """
     con = duckdb.connect()
-    files = _parquet_files(exchanges)
+    files = parquet_files(exchanges)
     if files is not None:
-        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         con.execute(
-            f"CREATE VIEW exchanges AS SELECT account_id, ts FROM read_parquet([{listing}])"
+            f"CREATE VIEW exchanges AS SELECT account_id, ts FROM {read_parquet_sql(files)}"
         )
     else:
         con.register("exchanges_raw", exchanges)
@@ -77,7 +64,7 @@ def query_exchanges(exchanges: ExchangeSource, sql: str, **tables: pl.DataFrame)
     try:
         for name, frame in tables.items():
             con.register(name, frame.to_arrow())
-        return _frame(con, sql)
+        return sql_frame(con, sql)
     finally:
         con.close()
 
@@ -140,12 +127,6 @@ class ReplayMetrics:
     personas: dict[str, ReplayPersona]
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
-    frame = pl.from_arrow(con.execute(sql).to_arrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
-
-
 def _seconds(later: int | None, earlier: int | None) -> float | None:
     """Duration in seconds, 0 when the flag came before the first exchange, None if unknown."""
     if later is None or earlier is None:
@@ -190,7 +171,7 @@ def replay_metrics(
               FROM labels l JOIN account_flags f USING (account_id) GROUP BY l.grp, l.label;
             """
         )
-        per_group = _frame(
+        per_group = sql_frame(
             con,
             f"""
             WITH e AS (
@@ -208,7 +189,7 @@ def replay_metrics(
             GROUP BY j.label, j.grp
             """,
         )
-        per_account = _frame(
+        per_account = sql_frame(
             con,
             """
             WITH firsts AS (

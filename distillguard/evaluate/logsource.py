@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from distillguard.core.errors import DistillguardError
-from distillguard.evaluate.containment import ExchangeSource
+from distillguard.core.exchange_sql import ExchangeSource
 from distillguard.evaluate.metrics import normalize_labels
 from distillguard.ingest import load_log
 

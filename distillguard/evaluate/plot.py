@@ -14,7 +14,8 @@ import polars as pl
 
 from distillguard.core.atomic import write_bytes_atomic
 from distillguard.core.errors import ConfigError
-from distillguard.evaluate.containment import ExchangeSource, query_exchanges
+from distillguard.core.exchange_sql import ExchangeSource
+from distillguard.evaluate.containment import query_exchanges
 from distillguard.evaluate.logsource import open_log, require_labels
 
 GroupBy = Literal["persona", "label", "campaign"]

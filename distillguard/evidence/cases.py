@@ -6,12 +6,13 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from distillguard.core.errors import ConfigError
+from distillguard.core.exchange_sql import parquet_files, read_parquet_sql, sql_frame
 from distillguard.core.schema import EXCHANGE_COLUMNS
 from distillguard.evidence.casefile import write_case
 from distillguard.evidence.signing import (
@@ -31,7 +33,6 @@ from distillguard.evidence.signing import (
 
 CASES_DIR = "cases"
 KEY_DIR_ENV = "DISTILLGUARD_KEY_DIR"
-_LIGHT_COLUMNS = ("account_id", "ts", "request_id")
 
 
 @dataclass(frozen=True)
@@ -91,107 +92,98 @@ def _campaign_rows(
 ) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
     """The exchanges the case files commit, and the scope of each campaign that was cut.
 
-    Only (account, time, request id) are read for every member row; full rows (prompts
-    included) only for the chosen ones, so memory follows ``limit``, not the campaign's size.
-    A campaign over ``limit`` keeps each member's earliest ``limit // members`` exchanges.
+    A campaign over ``limit`` keeps each member's earliest ``limit // members`` exchanges (by
+    ts, then request id). Only (account, time, request id) are read to choose them; full rows
+    (prompts included) only for the chosen ones, so memory follows ``limit``, not the size of
+    the campaign.
+
+    DuckDB reads the log's Parquet files itself. At the seed scale it reads the chosen rows in
+    ~20 s where a pyarrow dataset filtered by request id took ~40 s. Its semi-joins prune row
+    groups by the chosen ids' range, and decoding is most of the cost (prompts are ~90 % of a
+    log's bytes).
     """
     owner = pl.DataFrame(
         [(str(m), str(c["id"])) for c in campaigns for m in c.get("members", [])],
         schema={"account_id": pl.String, "campaign_id": pl.String},
         orient="row",
     ).unique(subset="account_id", keep="first", maintain_order=True)
-    wanted = pc.field("account_id").isin(pa.array(owner["account_id"].to_list(), pa.string()))
-    source = pads.dataset(exchanges) if isinstance(exchanges, pa.Table) else exchanges
-    parts = _row_groups(source)
-    light = _light_rows(parts, wanted).join(owner, on="account_id")
-    sizes = light.group_by("campaign_id").agg(
-        total=pl.len(), accounts=pl.col("account_id").n_unique()
-    )
-    scopes: dict[str, dict[str, Any]] = {}
-    if limit > 0:
-        over = sizes.filter(pl.col("total") > limit)
-        for row in over.iter_rows(named=True):
-            per_account = max(1, limit // int(row["accounts"]))
-            scopes[str(row["campaign_id"])] = {
-                "selection": f"each member's earliest {per_account} exchanges (by ts, request_id)",
-                "per_account": per_account,
-                "campaign_exchanges": int(row["total"]),
-            }
-    if scopes:
-        cap = pl.DataFrame(
-            {
-                "campaign_id": list(scopes),
-                "per_account": [int(v["per_account"]) for v in scopes.values()],
-            }
+    with closing(_exchanges_connection(exchanges)) as con:
+        con.register("owner", owner.select("account_id").to_arrow())
+        counted = sql_frame(
+            con,
+            "SELECT account_id, count(*) AS n FROM exchanges "
+            "SEMI JOIN owner USING (account_id) GROUP BY account_id",
         )
-        light = light.join(cap, on="campaign_id", how="left").sort(["ts", "request_id"])
-        rank = pl.int_range(pl.len()).over("account_id")
-        light = light.filter(pl.col("per_account").is_null() | (rank < pl.col("per_account")))
-        chosen = pc.field("request_id").isin(light["request_id"].to_arrow())
-        rows = _holding(parts, light).to_table(
-            columns=list(EXCHANGE_COLUMNS), filter=wanted & chosen
+        sizes = (
+            counted.join(owner, on="account_id")
+            .group_by("campaign_id")
+            .agg(total=pl.col("n").sum(), accounts=pl.len())
         )
+        scopes: dict[str, dict[str, Any]] = {}
+        if limit > 0:
+            over = sizes.filter(pl.col("total") > limit).sort("campaign_id")
+            for row in over.iter_rows(named=True):
+                per_account = max(1, limit // int(row["accounts"]))
+                scopes[str(row["campaign_id"])] = {
+                    "selection": (
+                        f"each member's earliest {per_account} exchanges (by ts, request_id)"
+                    ),
+                    "per_account": per_account,
+                    "campaign_exchanges": int(row["total"]),
+                }
+        capped = owner.join(
+            pl.DataFrame(
+                {
+                    "campaign_id": list(scopes),
+                    "per_account": [int(v["per_account"]) for v in scopes.values()],
+                },
+                schema={"campaign_id": pl.String, "per_account": pl.Int64},
+            ),
+            on="campaign_id",
+        ).select("account_id", "per_account")
+        whole = owner.join(capped, on="account_id", how="anti").select("account_id")
+        con.register("whole", whole.to_arrow())
+        con.register("chosen", _earliest(con, capped).to_arrow())
+        rows = con.execute(
+            "SELECT * FROM exchanges SEMI JOIN whole USING (account_id) "
+            "UNION ALL SELECT * FROM exchanges SEMI JOIN chosen USING (request_id)"
+        ).to_arrow_table()
+    schema = pa.schema([exchanges.schema.field(name) for name in EXCHANGE_COLUMNS])
+    return rows.select(list(EXCHANGE_COLUMNS)).cast(schema), scopes
+
+
+def _exchanges_connection(exchanges: pads.Dataset | pa.Table) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the contract's exchange columns as view ``exchanges``."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    columns = ", ".join(f'"{name}"' for name in EXCHANGE_COLUMNS)
+    files = parquet_files(exchanges)
+    if files is not None:
+        con.execute(f"CREATE VIEW exchanges AS SELECT {columns} FROM {read_parquet_sql(files)}")
     else:
-        rows = _holding(parts, light).to_table(columns=list(EXCHANGE_COLUMNS), filter=wanted)
-    return rows, scopes
+        con.register("exchanges_source", exchanges)
+        con.execute(f"CREATE VIEW exchanges AS SELECT {columns} FROM exchanges_source")
+    return con
 
 
-def _row_groups(source: pads.Dataset) -> pads.Dataset:
-    """``source`` split into one fragment per Parquet row group, where it is Parquet files.
+def _earliest(con: duckdb.DuckDBPyConnection, capped: pl.DataFrame) -> pl.DataFrame:
+    """Request ids of each capped account's earliest ``per_account`` exchanges (by ts, request id).
 
-    The full rows (prompts are most of a log's bytes) are then read only from the row groups
-    that hold a chosen exchange. A log is written in time order and a large campaign commits
-    its members' earliest exchanges, so at the seed scale that is a small part of the log.
+    Polars sorts the ~27M (account, time, id) rows of a seed-scale campaign and takes each
+    account's head in ~5 s; a DuckDB window over them took ~17 s and ``min_by(…, n)`` ~14 s.
     """
-    if not isinstance(source, pads.FileSystemDataset) or not isinstance(
-        source.format, pads.ParquetFileFormat
-    ):
-        return source
-    fragments = [
-        part for fragment in source.get_fragments() for part in fragment.split_by_row_group()
-    ]
-    return pads.FileSystemDataset(fragments, source.schema, source.format, source.filesystem)
-
-
-def _light_rows(parts: pads.Dataset, wanted: pc.Expression) -> pl.DataFrame:
-    """(account, time, request id) of every wanted row, and the position of the part holding it."""
-    batches = []
-    for position, tagged in _tagged_batches(parts, wanted):
-        part = pa.array(np.full(tagged.num_rows, position, dtype=np.int32))
-        batches.append(tagged.append_column("part", part))
-    schema = pa.schema(
-        [parts.schema.field(name) for name in _LIGHT_COLUMNS] + [pa.field("part", pa.int32())]
+    if capped.height == 0:
+        return pl.DataFrame(schema={"request_id": pl.String})
+    con.register("capped", capped.to_arrow())
+    light = sql_frame(
+        con,
+        "SELECT account_id, ts, request_id, per_account FROM exchanges "
+        "JOIN capped USING (account_id)",
     )
-    light = pl.from_arrow(pa.Table.from_batches(batches, schema=schema))
-    assert isinstance(light, pl.DataFrame)
-    return light
-
-
-def _tagged_batches(
-    parts: pads.Dataset, wanted: pc.Expression
-) -> Iterator[tuple[int, pa.RecordBatch]]:
-    scanner = parts.scanner(columns=list(_LIGHT_COLUMNS), filter=wanted)
-    if not isinstance(parts, pads.FileSystemDataset):
-        for batch in scanner.to_batches():
-            yield 0, batch
-        return
-    position = {_part_key(fragment): i for i, fragment in enumerate(parts.get_fragments())}
-    for tagged in scanner.scan_batches():
-        yield position[_part_key(tagged.fragment)], tagged.record_batch
-
-
-def _part_key(fragment: pads.Fragment) -> tuple[str, tuple[int, ...]]:
-    groups = getattr(fragment, "row_groups", None) or []
-    return fragment.path, tuple(group.id for group in groups)
-
-
-def _holding(parts: pads.Dataset, light: pl.DataFrame) -> pads.Dataset:
-    """The parts of ``parts`` that hold at least one of ``light``'s rows."""
-    if not isinstance(parts, pads.FileSystemDataset):
-        return parts
-    fragments = list(parts.get_fragments())
-    kept = [fragments[i] for i in sorted(light["part"].unique().to_list())]
-    return pads.FileSystemDataset(kept, parts.schema, parts.format, parts.filesystem)
+    most = int(capped["per_account"].max())  # type: ignore[arg-type]
+    heads = light.sort(["ts", "request_id"]).group_by("account_id", maintain_order=True).head(most)
+    rank = pl.int_range(pl.len()).over("account_id")
+    return heads.filter(rank < pl.col("per_account")).select("request_id")
 
 
 def _rows_by_campaign(

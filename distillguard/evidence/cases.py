@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from distillguard.core.errors import ConfigError
-from distillguard.core.exchange_sql import parquet_files, read_parquet_sql, sql_frame
+from distillguard.core.exchange_sql import exchanges_view, sql_frame
 from distillguard.core.schema import EXCHANGE_COLUMNS
 from distillguard.evidence.casefile import write_case
 from distillguard.evidence.signing import (
@@ -156,13 +156,7 @@ def _exchanges_connection(exchanges: pads.Dataset | pa.Table) -> duckdb.DuckDBPy
     """A DuckDB connection with the contract's exchange columns as view ``exchanges``."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    columns = ", ".join(f'"{name}"' for name in EXCHANGE_COLUMNS)
-    files = parquet_files(exchanges)
-    if files is not None:
-        con.execute(f"CREATE VIEW exchanges AS SELECT {columns} FROM {read_parquet_sql(files)}")
-    else:
-        con.register("exchanges_source", exchanges)
-        con.execute(f"CREATE VIEW exchanges AS SELECT {columns} FROM exchanges_source")
+    exchanges_view(con, exchanges, "exchanges", EXCHANGE_COLUMNS)
     return con
 
 

@@ -28,6 +28,7 @@ from markupsafe import Markup
 
 from distillguard.core.atomic import write_text_atomic
 from distillguard.core.errors import DistillguardError
+from distillguard.core.exchange_sql import exchanges_view
 from distillguard.evidence.attribution import Attribution, attribute
 from distillguard.evidence.casefile import read_manifest
 from distillguard.evidence.plots import (
@@ -252,7 +253,7 @@ def report_data_from_outputs(
     )
     con = duckdb.connect()
     try:
-        con.register("ex", log.exchanges)
+        exchanges_view(con, log.exchanges, "ex")
         con.register("m", members)
         con.register("acc", accounts)
         con.register("w", pa.table({"request_id": pa.array(wanted, pa.string())}))

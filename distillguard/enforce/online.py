@@ -46,6 +46,7 @@ from distillguard.enforce.settings import (
     BEHAVIOUR_FEATURES,
     PROPAGATION_KINDS,
     SHARING_KINDS,
+    Counted,
     EnforceSettings,
 )
 from distillguard.enforce.state import (
@@ -66,6 +67,7 @@ from distillguard.enforce.state import (
 from distillguard.scoring.combine import Scored, SignalSpec
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
 from distillguard.scoring.standardise import RobustBaseline
+from distillguard.signals.geo import country_of
 
 ONLINE_VERSION = "1.1.0"
 
@@ -156,9 +158,12 @@ class BatchContentSignals:
                 self.addresses = AddressContext(intel)
 
     def compute(self, table: pa.Table) -> pl.DataFrame:
-        """``reasoning, grader, capability, template_id, ip_prefix, network_kind, asn`` per row."""
+        """``reasoning, grader, capability, template_id, ip_prefix, network_kind, asn, country`` per row."""
         from distillguard.signals.exchange import conform, exchange_signals
+        from distillguard.signals.geo import countries
         from distillguard.signals.network import network_context
+
+        country = pl.Series("country", countries(table.column("client_ip")), dtype=pl.String)
 
         if self.model is not None:
             sig = exchange_signals(
@@ -183,7 +188,9 @@ class BatchContentSignals:
                 )
             )
             assert isinstance(frame, pl.DataFrame)
-            return frame.rename({"reasoning_elicitation": "reasoning", "grader_use": "grader"})
+            return frame.rename(
+                {"reasoning_elicitation": "reasoning", "grader_use": "grader"}
+            ).with_columns(country)
         t = conform(table)
         content = self._content_scores(t)
         prompts = pl.Series(values=t.column("prompt")).cast(pl.String)
@@ -200,6 +207,7 @@ class BatchContentSignals:
                 "ip_prefix": pl.Series(net.column("ip_prefix").to_pylist(), dtype=pl.String),
                 "network_kind": pl.Series(net.column("network_kind").to_pylist(), dtype=pl.String),
                 "asn": pl.Series(net.column("asn").to_pylist(), dtype=pl.Int64),
+                "country": country,
             }
         )
 
@@ -234,6 +242,7 @@ _SPECS: tuple[SignalSpec, ...] = (
     ),
     # Per-account counts without warm-up (``enforce.online.exit_networks`` / ``reasoning_hits``).
     SignalSpec("online.exit_networks", f"online.exit_networks@{ONLINE_VERSION}", False, False),
+    SignalSpec("online.exit_countries", f"online.exit_countries@{ONLINE_VERSION}", False, False),
     SignalSpec("online.reasoning_hits", f"online.reasoning_hits@{ONLINE_VERSION}", False, False),
     SignalSpec(
         "online.peer_indicator", f"online.peer_indicator@{ONLINE_VERSION}", False, False
@@ -246,6 +255,7 @@ FEATURES: tuple[str, ...] = (
     "known_link",
     *(f"flagged_{k}" for k in PROPAGATION_KINDS),
     "exit_networks",
+    "exit_countries",
     "reasoning_hits",
     "peer_indicator",  # last: its contribution (log-odds) is computed by enforce.peer_indicators
 )
@@ -294,8 +304,8 @@ def coefficients(settings: EnforceSettings) -> tuple[np.ndarray, ...]:
                 pr.cap,
                 pr.max_k,
             )
-    for name in ("exit_networks", "reasoning_hits"):
-        cnt = settings.exit_networks if name == "exit_networks" else settings.reasoning_hits
+    for name in ("exit_networks", "exit_countries", "reasoning_hits"):
+        cnt: Counted = getattr(settings, name)
         j = FEATURES.index(name)
         kind[j] = 1
         weight[j], offset[j], scale[j] = cnt.weight, cnt.k0, cnt.cap
@@ -350,6 +360,7 @@ _KNOWN_MEMBER = FEATURES.index("known_member")
 _SHARED_IP = FEATURES.index("shared_ip")
 _FLAGGED_IP = FEATURES.index("flagged_ip")
 _EXIT_NETWORKS = FEATURES.index("exit_networks")
+_EXIT_COUNTRIES = FEATURES.index("exit_countries")
 _REASONING_HITS = FEATURES.index("reasoning_hits")
 
 
@@ -456,6 +467,11 @@ class Enforcer:
             s.exit_networks.window_minutes * 60_000 if s.exit_networks.weight != 0.0 else 0.0
         )
         self._net_kinds = s.exit_networks.kinds
+        # Countries per account in a shorter window (a proxy pool spanning countries, not a traveller).
+        self._cty_ms = (
+            s.exit_countries.window_minutes * 60_000 if s.exit_countries.weight != 0.0 else 0.0
+        )
+        self._cty_kinds = s.exit_countries.kinds
         # Contained accounts an address of a kind needs before it links (shared infrastructure: more than one).
         ip_link = s.propagation.get("ip")
         self._ip_min_contained = dict(ip_link.min_contained) if ip_link is not None else {}
@@ -485,8 +501,11 @@ class Enforcer:
             return network_signals([str(r.get("client_ip") or "") for r in rows], self.intel)
         out = []
         for r in rows:
-            prefix, kind, asn = self.lpm.context(str(r.get("client_ip") or ""))
-            out.append({"ip_prefix": prefix, "network_kind": kind, "asn": asn})
+            ip = str(r.get("client_ip") or "")
+            prefix, kind, asn = self.lpm.context(ip)
+            out.append(
+                {"ip_prefix": prefix, "network_kind": kind, "asn": asn, "country": country_of(ip)}
+            )
         return out
 
     # -- state with the fail mode -------------------------------------------------------
@@ -596,6 +615,12 @@ class Enforcer:
                     net = f"net:{account}|{int(ts_ms // self._net_ms)}"
                     keys["net"] = net
                     distinct.append((net, network))
+            if ip and self._cty_ms and kind in self._cty_kinds:
+                land = sig.get("country")
+                if land:
+                    cty = f"cty:{account}|{int(ts_ms // self._cty_ms)}"
+                    keys["cty"] = cty
+                    distinct.append((cty, str(land)))
             reasoning = sig.get("reasoning")
             grader = sig.get("grader")
             if reasoning is not None or grader is not None:
@@ -682,6 +707,9 @@ class Enforcer:
         net = keys.get("net")
         if net:
             vals[_EXIT_NETWORKS] = float(counts.get(net, 0))
+        cty = keys.get("cty")
+        if cty:
+            vals[_EXIT_COUNTRIES] = float(counts.get(cty, 0))
         if cn > 0:
             hits = c.get("reasoning_hits", 0.0)
             vals[_REASONING_HITS] = (
@@ -871,13 +899,14 @@ class Enforcer:
                     "max_k": sh.max_k,
                     "unit": "distinct accounts on the key",
                 }
-            elif name == "exit_networks":
-                net = self.settings.exit_networks
+            elif name in ("exit_networks", "exit_countries"):
+                net = getattr(self.settings, name)
+                what = "networks" if name == "exit_networks" else "countries of the addresses"
                 detail["reference"] = {
                     "k0": net.k0,
                     "cap": net.cap,
                     "window_minutes": net.window_minutes,
-                    "unit": f"distinct {'/'.join(sorted(net.kinds))} networks the account sent from",
+                    "unit": f"distinct {'/'.join(sorted(net.kinds))} {what} the account sent from",
                 }
             elif name == "reasoning_hits":
                 hits = self.settings.reasoning_hits
@@ -1367,6 +1396,7 @@ class Enforcer:
         counts = folded.counts.astype(np.float64).T
         present = cols.present
         values[:, _EXIT_NETWORKS] = np.where(present[_NET_COLUMN], counts[_NET_COLUMN], nan)
+        values[:, _EXIT_COUNTRIES] = np.where(present[_CTY_COLUMN], counts[_CTY_COLUMN], nan)
         off = _N_BEHAVIOUR
         pay, paydom = counts[_PAY_COLUMN], counts[_PAY_COLUMN + 1]
         values[:, off] = np.where(present[_PAY_COLUMN], np.where(paydom >= 2, pay, 0.0), nan)
@@ -1573,9 +1603,12 @@ class Enforcer:
 # --------------------------------------------------------------------------- replay batches
 
 #: Sketch memberships of an exchange, in :meth:`Enforcer._observation`'s order (it fixes the LRU order).
-_MEMBERSHIPS = ("g_ip", "g_pfx", "g_sip", "g_net", "g_tpl", "g_uag", "g_pay", "g_paydom", "g_eu")
+_MEMBERSHIPS = (
+    "g_ip", "g_pfx", "g_sip", "g_net", "g_cty", "g_tpl", "g_uag", "g_pay", "g_paydom", "g_eu"
+)  # fmt: skip
 _SIP_COLUMN = _MEMBERSHIPS.index("g_sip")
 _NET_COLUMN = _MEMBERSHIPS.index("g_net")
+_CTY_COLUMN = _MEMBERSHIPS.index("g_cty")
 _PAY_COLUMN = _MEMBERSHIPS.index("g_pay")  # g_paydom follows
 _EU_COLUMN = _MEMBERSHIPS.index("g_eu")
 #: Membership column -> its sharing slot (the one count that fills that feature).
@@ -1688,9 +1721,11 @@ class _ReplayColumns:
             col("input_tokens", pl.Float64), col("output_tokens", pl.Float64),
             sig("ip_prefix", pl.String), sig("network_kind", pl.String), sig("reasoning", pl.Float64),
             sig("grader", pl.Float64), sig("capability", pl.String), sig("template_id", pl.String), sig("asn", pl.String),
+            sig("country", pl.String),
             pl.Series("fp", [None if f is None else str(f) for f in fps], dtype=pl.String),
             pl.Series("domain", domains, dtype=pl.String),
             pl.Series("pfx_b", bucket(e._prefix_ms)), pl.Series("sip_b", bucket(e._ip_ms)), pl.Series("net_b", bucket(e._net_ms)),
+            pl.Series("cty_b", bucket(e._cty_ms)),
         ])  # fmt: skip
         c, lit, cat = pl.col, pl.lit, pl.concat_str
         null = lit(None, dtype=pl.String)
@@ -1712,6 +1747,11 @@ class _ReplayColumns:
             & c("network_kind").is_in(sorted(s.exit_networks.kinds)).fill_null(False)
             & network.is_not_null()
         )
+        in_land = (
+            ip_ok
+            & c("network_kind").is_in(sorted(s.exit_countries.kinds)).fill_null(False)
+            & (c("country").is_not_null() & (c("country") != "")).fill_null(False)
+        )
         taint = e._taint
         frame = frame.select(
             g_ip=pl.when(ip_ok).then(cat([lit("ip:"), c("acct")])),
@@ -1720,6 +1760,8 @@ class _ReplayColumns:
             g_sip=pl.when(shared_ip).then(cat([lit("sip:"), c("client_ip"), lit("|"), c("sip_b").cast(pl.String)])) if e._ip_ms else null,
             g_net=pl.when(counted).then(cat([lit("net:"), c("acct"), lit("|"), c("net_b").cast(pl.String)])) if e._net_ms else null,
             m_net=network,
+            g_cty=pl.when(in_land).then(cat([lit("cty:"), c("acct"), lit("|"), c("cty_b").cast(pl.String)])) if e._cty_ms else null,
+            m_cty=c("country"),
             g_tpl=pl.when(has_tpl).then(cat([lit("tpl:"), c("template_id")])),
             g_uag=pl.when((c("user_agent").is_not_null() & (c("user_agent") != "")).fill_null(False)).then(cat([lit("uag:"), c("user_agent")])) if e._track_ua else null,
             g_pay=pl.when(has_fp).then(cat([lit("pay:"), c("fp")])),
@@ -1750,7 +1792,7 @@ class _ReplayColumns:
             ts_ms="ts",
             counters={k: k for k in ("in_tok", "out_tok", "content_n", "reasoning_sum", "grader_sum", "cap_target", "reasoning_hits")},
             families=["cap_name", "g_tpl"],  # a template's counter field is its sketch key (tpl:<id>)
-            memberships=[("g_ip", "m_ip"), ("g_pfx", "acct"), ("g_sip", "acct"), ("g_net", "m_net"), ("g_tpl", "acct"),
+            memberships=[("g_ip", "m_ip"), ("g_pfx", "acct"), ("g_sip", "acct"), ("g_net", "m_net"), ("g_cty", "m_cty"), ("g_tpl", "acct"),
                          ("g_uag", "acct"), ("g_pay", "acct"), ("g_paydom", "m_paydom"), ("g_eu", "m_eu")],
             reads=_READS,
         )  # fmt: skip
@@ -1844,18 +1886,20 @@ class _ReplayColumns:
                 zip(
                     *(
                         f.get_column(k).to_list()
-                        for k in ("k_ip", "k_prefix", "g_sip", "g_net", "k_tpl", "k_ua")
+                        for k in ("k_ip", "k_prefix", "g_sip", "g_net", "g_cty", "k_tpl", "k_ua")
                     ),
                     self.fps,
                     strict=True,
                 )
             )
-        ip, prefix, sip, net, tid, ua, fp = self._keys[i]
+        ip, prefix, sip, net, cty, tid, ua, fp = self._keys[i]
         keys: dict[str, Any] = {"ip": ip, "prefix": prefix}
         if sip is not None:
             keys["sip"] = sip
         if net is not None:
             keys["net"] = net
+        if cty is not None:
+            keys["cty"] = cty
         if tid is not None:
             keys["template"] = tid
         if ua is not None:
@@ -1956,13 +2000,15 @@ class ScalarNetwork:
 
 
 def network_signals(ips: Sequence[str], intel: pa.Table | None) -> pl.DataFrame:
-    """``ip_prefix, network_kind, asn`` only: what a check can know cheaply before content signals."""
+    """``ip_prefix, network_kind, asn, country`` only: what a check can know cheaply before content signals."""
+    from distillguard.signals.geo import countries
     from distillguard.signals.network import network_context
 
-    net = network_context(pa.array(list(ips), pa.string()), intel)
+    addresses = pa.array(list(ips), pa.string())
+    net = network_context(addresses, intel)
     frame = pl.from_arrow(net.select(["ip_prefix", "network_kind", "asn"]))
     assert isinstance(frame, pl.DataFrame)
-    return frame
+    return frame.with_columns(pl.Series("country", countries(addresses), dtype=pl.String))
 
 
 def build_enforcer(

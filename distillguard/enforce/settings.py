@@ -51,7 +51,8 @@ class Counted:
     """A per-account count graded like sharing: ``weight * clip(k - k0, 0, cap) / cap``, no warm-up.
 
     ``exit_networks``: ``k`` is the distinct access networks of ``kinds`` the account sent from in
-    the current ``window_minutes`` bucket. ``reasoning_hits``: ``k`` is the account's exchanges
+    the current ``window_minutes`` bucket; ``exit_countries``: the distinct countries of those
+    addresses in its own (shorter) bucket. ``reasoning_hits``: ``k`` is the account's exchanges
     whose reasoning-elicitation score is at least ``threshold``, counted while they are at least
     ``min_share`` of its content exchanges (else 0).
     """
@@ -139,6 +140,7 @@ class EnforceSettings:
     propagation_rank: int
     target_capabilities: frozenset[str]
     exit_networks: Counted
+    exit_countries: Counted
     reasoning_hits: Counted
     vouched: Vouched
 
@@ -247,6 +249,14 @@ class EnforceSettings:
                 float(nets["window_minutes"]),
                 frozenset(str(k) for k in nets["kinds"]),
             )
+            lands = onl["exit_countries"]
+            exit_countries = Counted(
+                float(lands["weight"]),
+                int(lands["k0"]),
+                int(lands["cap"]),
+                float(lands["window_minutes"]),
+                frozenset(str(k) for k in lands["kinds"]),
+            )
             reasoning_hits = Counted(
                 float(hits["weight"]),
                 int(hits["k0"]),
@@ -254,13 +264,19 @@ class EnforceSettings:
                 threshold=float(hits["threshold"]),
                 min_share=float(hits["min_share"]),
             )
-            if exit_networks.cap < 1 or reasoning_hits.cap < 1:
-                raise ConfigError("enforce.online.exit_networks / reasoning_hits: cap must be >= 1")
-            if exit_networks.window_minutes <= 0 or not exit_networks.kinds:
+            if min(exit_networks.cap, exit_countries.cap, reasoning_hits.cap) < 1:
                 raise ConfigError(
-                    "enforce.online.exit_networks needs window_minutes > 0 and a non-empty kinds list, "
-                    "e.g. {window_minutes: 1440, kinds: [residential, mobile, unknown, proxy]}"
+                    "enforce.online.exit_networks / exit_countries / reasoning_hits: cap must be >= 1"
                 )
+            for name, counted in (
+                ("exit_networks", exit_networks),
+                ("exit_countries", exit_countries),
+            ):
+                if counted.window_minutes <= 0 or not counted.kinds:
+                    raise ConfigError(
+                        f"enforce.online.{name} needs window_minutes > 0 and a non-empty kinds list, "
+                        "e.g. {window_minutes: 1440, kinds: [residential, mobile, unknown, proxy]}"
+                    )
             if (
                 not 0.0 < reasoning_hits.threshold <= 1.0
                 or not 0.0 <= reasoning_hits.min_share <= 1.0
@@ -322,6 +338,7 @@ class EnforceSettings:
                 propagation_rank=ranks[str(prop["min_action"])],
                 target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),
                 exit_networks=exit_networks,
+                exit_countries=exit_countries,
                 reasoning_hits=reasoning_hits,
                 vouched=vouched,
             )

@@ -649,9 +649,7 @@ class Enforcer:
         if meta is not None and meta.payment_fingerprint:
             keys["payment"] = meta.payment_fingerprint
             distinct.append((f"pay:{meta.payment_fingerprint}", account))
-            distinct.append(
-                (f"paydom:{meta.payment_fingerprint}", meta.email_domain or f"?{account}")
-            )
+            distinct.append((f"paydom:{meta.payment_fingerprint}", self._org_domain(meta, account)))
             if "payment" in prop:
                 taint.append(prop["payment"] + meta.payment_fingerprint)
         end_user = row.get("end_user_id")
@@ -659,6 +657,17 @@ class Enforcer:
             distinct.append((f"eu:{account}", str(end_user)))
         distinct.extend((g, COUNT_ONLY) for g in taint)
         return account, counters, distinct, keys, taint
+
+    def _org_domain(self, meta: AccountMeta, account: str) -> str:
+        """The account's email domain as the payment rule reads it: an organisation's, else the account itself.
+
+        Accounts of one organisation's domain sharing a card are explained; a free-mail domain (or
+        none) explains nothing, so each such account counts as a domain of its own.
+        """
+        domain = meta.email_domain
+        if not domain or domain.lower() in self.settings.free_mail_domains:
+            return f"?{account}"
+        return domain
 
     def _vouched(
         self,
@@ -1688,7 +1697,7 @@ class _ReplayColumns:
                 kyc[i] = True
             if meta is not None and meta.payment_fingerprint:
                 fps.append(meta.payment_fingerprint)
-                domains.append(meta.email_domain or f"?{a}")
+                domains.append(e._org_domain(meta, a))
             else:
                 fps.append(None)
                 domains.append(None)

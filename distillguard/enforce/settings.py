@@ -130,6 +130,8 @@ class EnforceSettings:
     behaviour: Mapping[str, Behaviour]
     sharing: Mapping[str, Sharing]
     explained_kinds: frozenset[str]
+    # Email domains anyone can sign up with: accounts sharing one of them are not one organisation.
+    free_mail_domains: frozenset[str]
     campaigns_dir: Path | None
     campaigns_reload_seconds: float
     member_weight: float
@@ -328,6 +330,9 @@ class EnforceSettings:
                 behaviour=behaviour,
                 sharing=sharing,
                 explained_kinds=frozenset(str(k) for k in onl["explained_network_kinds"]),
+                free_mail_domains=frozenset(
+                    str(d).strip().lower() for d in onl["free_mail_domains"] or ()
+                ),
                 campaigns_dir=Path(cdir) if cdir else None,
                 campaigns_reload_seconds=float(kc["reload_seconds"]),
                 member_weight=float(kc["member_weight"]),

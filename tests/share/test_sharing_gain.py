@@ -1,4 +1,4 @@
-"""The gain from sharing, end to end at tiny scale: provider B contains A's campaign sooner with A's indicators.
+"""The gain from sharing, end to end at small scale: provider B contains A's campaign sooner with A's indicators.
 
 Runs ``scripts/measure_sharing_gain.py``'s experiment (two simulated providers sharing one
 operation's exits and scaffolds, different accounts; A detects and exports, B imports) on the
@@ -37,10 +37,10 @@ def _script() -> Any:
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     work = tmp_path_factory.mktemp("sharing-gain")
-    # Tiny runs give campaigns of lower confidence than the export default (0.8) expects.
-    figures = _script().measure(
-        work, scale="tiny", seed_a=SEED_A, seed_b=SEED_B, min_confidence=0.6, jobs=2
-    )
+    # Small, not tiny: at tiny scale B's own online signals now contain the campaign after its
+    # first four exchanges (4 of 3,082 served), with or without A's indicators; nothing is left
+    # for sharing to gain there.
+    figures = _script().measure(work, scale="small", seed_a=SEED_A, seed_b=SEED_B, jobs=2)
     return figures, work
 
 
@@ -52,8 +52,9 @@ def test_b_contains_the_campaign_sooner_with_a_s_indicators(
     c = figures["campaign"]
     without = figures["replay"]["without"]["campaigns"][c]
     with_ = figures["replay"]["with"]["campaigns"][c]
-    assert with_["served"] < without["served"]
-    assert with_["seconds_to_first_flag"] <= without["seconds_to_first_flag"]
+    assert with_["served"] <= without["served"]
+    assert with_["seconds_to_first_flag"] < without["seconds_to_first_flag"]
+    assert with_["exchanges_before_first_flag"] < without["exchanges_before_first_flag"]
     # Sharing must not cost benign customers anything online.
     assert (
         figures["replay"]["with"]["benign_not_served"]

@@ -243,21 +243,16 @@ class EnforceSettings:
                 )
             if any(s.cap < 1 for s in propagation.values()):
                 raise ConfigError("enforce.online.propagation.links: cap must be >= 1")
-            nets, hits = onl["exit_networks"], onl["reasoning_hits"]
-            exit_networks = Counted(
-                float(nets["weight"]),
-                int(nets["k0"]),
-                int(nets["cap"]),
-                float(nets["window_minutes"]),
-                frozenset(str(k) for k in nets["kinds"]),
-            )
-            lands = onl["exit_countries"]
-            exit_countries = Counted(
-                float(lands["weight"]),
-                int(lands["k0"]),
-                int(lands["cap"]),
-                float(lands["window_minutes"]),
-                frozenset(str(k) for k in lands["kinds"]),
+            hits = onl["reasoning_hits"]
+            exit_networks, exit_countries = (
+                Counted(
+                    float(section["weight"]),
+                    int(section["k0"]),
+                    int(section["cap"]),
+                    float(section["window_minutes"]),
+                    frozenset(str(k) for k in section["kinds"]),
+                )
+                for section in (onl["exit_networks"], onl["exit_countries"])
             )
             reasoning_hits = Counted(
                 float(hits["weight"]),

@@ -8,7 +8,7 @@ import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -54,16 +54,29 @@ class CountryRanges:
         return out
 
 
-@lru_cache(maxsize=1)
-def country_ranges() -> CountryRanges:
-    """The bundled snapshot's country ranges (loaded once, ~1 s and ~15 MB)."""
+def geoip_snapshot() -> tuple[list[Any], ...]:
+    """The geoip2fast wheel's IPv4+IPv6 country and ASN tables, as its reader unpickles them.
+
+    Not cached: callers keep what they derive (a few MB), not these lists of Python integers.
+
+    ``(idx, idx_asn, country_names, asn_names, firsts, firsts_asn, country_ids, asn_ids,
+    lengths, lengths_asn)``: per table, chunks of range starts (integers, IPv4 below 2**32),
+    name ids and prefix lengths. The simulator draws its ASN prefixes from the same tables.
+    """
     try:
         import geoip2fast
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise DistillguardError("geoip2fast is required for address countries") from exc
+        raise DistillguardError("geoip2fast is required for address data") from exc
     path = Path(geoip2fast.__file__).parent / _DATA_FILE
     with gzip.open(path, "rb") as handle:
         _version, _info, _total, db = pickle.load(handle)
+    return tuple(db)
+
+
+@lru_cache(maxsize=1)
+def country_ranges() -> CountryRanges:
+    """The bundled snapshot's country ranges (loaded once, ~2 s and ~15 MB)."""
+    db = geoip_snapshot()
     names, firsts, ids, lengths = db[2], db[4], db[6], db[8]
     # Entries are "CC:Country name"; reserved and private blocks carry a number instead of a code.
     codes = tuple(n.split(":", 1)[0] for n in names)

@@ -10,17 +10,15 @@ nested ``proxy`` prefixes.
 
 from __future__ import annotations
 
-import gzip
 import ipaddress
-import pickle
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Final
 
 import numpy as np
 
 from distillguard.core.errors import DistillguardError
+from distillguard.signals.geo import geoip_snapshot
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,6 @@ VPN: Final = tuple(o.key for o in ORGS if o.kind == "vpn")
 EDUCATION: Final = tuple(o.key for o in ORGS if o.kind == "education")
 BUSINESS: Final = tuple(o.key for o in ORGS if o.kind == "business")
 
-_DATA_FILE: Final = "geoip2fast-asn-ipv6.dat.gz"
-
 
 @dataclass(frozen=True)
 class Prefix:
@@ -110,13 +106,7 @@ class Prefix:
 @lru_cache(maxsize=1)
 def _org_prefixes() -> dict[str, tuple[Prefix, ...]]:
     """All prefixes of the orgs in :data:`ORGS`, sorted, from the bundled snapshot."""
-    try:
-        import geoip2fast
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise DistillguardError("geoip2fast is required for the simulator's network data") from exc
-    path = Path(geoip2fast.__file__).parent / _DATA_FILE
-    with gzip.open(path, "rb") as handle:
-        _version, _info, _total, db = pickle.load(handle)
+    db = geoip_snapshot()
     _idx, _idx_asn, _names_c, names_asn, _first, first_asn, _id_c, id_asn, _nl, nl_asn = db
     wanted = {o.as_name: o.key for o in ORGS}
     name_ids = {i: wanted[n] for i, n in enumerate(names_asn) if n in wanted}

@@ -93,3 +93,18 @@ def row(
 @pytest.fixture
 def mkrow() -> Any:
     return row
+
+
+def checked_one_by_one(e: Any, rows: list[dict[str, Any]], intel: Any) -> list[dict[str, Any]]:
+    """The changed decisions of ``rows`` checked one at a time with their content signals (no model)."""
+    from distillguard.enforce.online import BatchContentSignals, exchange_table
+
+    signals = BatchContentSignals(e.config, intel=intel, capability_model=False).compute(
+        exchange_table(rows)
+    )
+    return [
+        d.to_json()
+        for i, r in enumerate(rows)
+        for d in e.process([r], None, signals.slice(i, 1))
+        if d.changed
+    ]

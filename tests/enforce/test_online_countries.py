@@ -19,7 +19,7 @@ from distillguard.enforce.online import (
 )
 from distillguard.signals.geo import countries, country_of
 
-from .conftest import RedisServer
+from .conftest import RedisServer, checked_one_by_one
 
 T0 = 1_750_000_000_000  # 2025-06-15 15:06:40 UTC
 HOUR = 3_600_000
@@ -181,15 +181,7 @@ def _traffic(seed: int) -> list[dict[str, Any]]:
 
 
 def _decisions(e: Enforcer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    signals = BatchContentSignals(e.config, intel=INTEL, capability_model=False).compute(
-        exchange_table(rows)
-    )
-    return [
-        d.to_json()
-        for i, r in enumerate(rows)
-        for d in e.process([r], None, signals.slice(i, 1))
-        if d.changed
-    ]
+    return checked_one_by_one(e, rows, INTEL)
 
 
 def test_replay_batch_and_the_network_only_check_agree_with_checks(config: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from distillguard.enforce.online import (
 from distillguard.enforce.settings import EnforceSettings
 from distillguard.signals.network import network_context
 
-from .conftest import RedisServer
+from .conftest import RedisServer, checked_one_by_one
 
 T0 = 1_750_000_000_000  # 2025-06-15 15:06:40 UTC
 DAY = 86_400_000
@@ -276,15 +276,7 @@ def _traffic(seed: int) -> tuple[list[dict[str, Any]], dict[str, AccountMeta]]:
 
 
 def _decisions(e: Enforcer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    signals = BatchContentSignals(e.config, intel=INTEL, capability_model=False).compute(
-        exchange_table(rows)
-    )
-    return [
-        d.to_json()
-        for i, r in enumerate(rows)
-        for d in e.process([r], None, signals.slice(i, 1))
-        if d.changed
-    ]
+    return checked_one_by_one(e, rows, INTEL)
 
 
 def test_replay_batch_agrees_with_checks_on_hopping_traffic(config: dict[str, Any]) -> None:

@@ -67,7 +67,7 @@ from distillguard.enforce.state import (
 from distillguard.scoring.combine import Scored, SignalSpec
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
 from distillguard.scoring.standardise import RobustBaseline
-from distillguard.signals.geo import country_of
+from distillguard.signals.geo import country_of, country_ranges
 
 ONLINE_VERSION = "1.1.0"
 
@@ -472,6 +472,8 @@ class Enforcer:
             s.exit_countries.window_minutes * 60_000 if s.exit_countries.weight != 0.0 else 0.0
         )
         self._cty_kinds = s.exit_countries.kinds
+        if self._cty_ms:
+            country_ranges()  # loaded at start-up (~2 s), not inside the first check
         # Contained accounts an address of a kind needs before it links (shared infrastructure: more than one).
         ip_link = s.propagation.get("ip")
         self._ip_min_contained = dict(ip_link.min_contained) if ip_link is not None else {}

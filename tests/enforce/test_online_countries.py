@@ -142,17 +142,6 @@ def test_cloud_and_vpn_exits_abroad_are_not_counted(enforcer: Enforcer) -> None:
     assert not any(k.startswith("cty:saas") for k in enforcer.backend._sketches)  # type: ignore[attr-defined]
 
 
-def test_addresses_outside_the_intel_are_not_counted(enforcer: Enforcer) -> None:
-    """An unlisted address abroad may be a product's unlisted cloud region: it adds no country."""
-    unlisted = "9.9.9.9"  # a public address with a country, in no INTEL row: kind unknown
-    assert country_of(unlisted) not in (None, country_of(GB_HOME))
-    seen = _seen(
-        enforcer, [_row("product", ip, i) for i, ip in enumerate([GB_HOME, unlisted, GB_HOME])]
-    )
-    assert seen[0][0] == 1.0 and seen[2][0] == 1.0
-    assert seen[1][0] != seen[1][0] and seen[1][1] == 0.0  # NaN: abstained
-
-
 def test_a_traveller_hours_apart_is_not_two_countries_at_once(enforcer: Enforcer) -> None:
     """London in the morning, a Canadian phone after a flight: different windows, one country each."""
     bucket = 2 * HOUR

@@ -142,6 +142,15 @@ def test_cloud_and_vpn_exits_abroad_are_not_counted(enforcer: Enforcer) -> None:
     assert not any(k.startswith("cty:saas") for k in enforcer.backend._sketches)  # type: ignore[attr-defined]
 
 
+def test_addresses_outside_the_intel_count_their_country(enforcer: Enforcer) -> None:
+    """Kind `unknown` is counted (intel misses consumer ISPs): a listed British line, then an unlisted US address."""
+    unlisted = "9.9.9.9"  # a public address with a country, in no INTEL row
+    assert "unknown" in enforcer.settings.exit_countries.kinds
+    assert country_of(unlisted) not in (None, country_of(GB_HOME))
+    seen = _seen(enforcer, [_row("hop", ip, i) for i, ip in enumerate([GB_HOME, unlisted])])
+    assert [s[0] for s in seen] == [1.0, 2.0]
+
+
 def test_a_traveller_hours_apart_is_not_two_countries_at_once(enforcer: Enforcer) -> None:
     """London in the morning, a Canadian phone after a flight: different windows, one country each."""
     bucket = 2 * HOUR

@@ -145,6 +145,9 @@ class BatchContentSignals:
 
         self._content_scores = content_scores
         self.intel = intel
+        # The country table (~2 s to load) only where exit_countries can use it.
+        countries_cfg = (config.get("enforce") or {}).get("online", {}).get("exit_countries", {})
+        self.with_country = float(countries_cfg.get("weight", 0.0)) != 0.0
         self.index = TemplateIndex(template_params(config))
         self.model: Any = None
         self.prompts: PromptSignals | None = None
@@ -163,7 +166,11 @@ class BatchContentSignals:
         from distillguard.signals.geo import countries
         from distillguard.signals.network import network_context
 
-        country = pl.Series("country", countries(table.column("client_ip")), dtype=pl.String)
+        country = (
+            pl.Series("country", countries(table.column("client_ip")), dtype=pl.String)
+            if self.with_country
+            else pl.Series("country", [None] * table.num_rows, dtype=pl.String)
+        )
 
         if self.model is not None:
             sig = exchange_signals(
@@ -500,14 +507,15 @@ class Enforcer:
 
     def _network(self, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame | list[dict[str, Any]]:
         if len(rows) > 64:
-            return network_signals([str(r.get("client_ip") or "") for r in rows], self.intel)
+            return network_signals(
+                [str(r.get("client_ip") or "") for r in rows], self.intel, bool(self._cty_ms)
+            )
         out = []
         for r in rows:
             ip = str(r.get("client_ip") or "")
             prefix, kind, asn = self.lpm.context(ip)
-            out.append(
-                {"ip_prefix": prefix, "network_kind": kind, "asn": asn, "country": country_of(ip)}
-            )
+            land = country_of(ip) if self._cty_ms else None
+            out.append({"ip_prefix": prefix, "network_kind": kind, "asn": asn, "country": land})
         return out
 
     # -- state with the fail mode -------------------------------------------------------
@@ -2010,8 +2018,13 @@ class ScalarNetwork:
         return prefix, "unknown", None
 
 
-def network_signals(ips: Sequence[str], intel: pa.Table | None) -> pl.DataFrame:
-    """``ip_prefix, network_kind, asn, country`` only: what a check can know cheaply before content signals."""
+def network_signals(
+    ips: Sequence[str], intel: pa.Table | None, with_country: bool = True
+) -> pl.DataFrame:
+    """``ip_prefix, network_kind, asn, country`` only: what a check can know cheaply before content signals.
+
+    ``with_country`` False leaves ``country`` null (no country table is loaded).
+    """
     from distillguard.signals.geo import countries
     from distillguard.signals.network import network_context
 
@@ -2019,7 +2032,8 @@ def network_signals(ips: Sequence[str], intel: pa.Table | None) -> pl.DataFrame:
     net = network_context(addresses, intel)
     frame = pl.from_arrow(net.select(["ip_prefix", "network_kind", "asn"]))
     assert isinstance(frame, pl.DataFrame)
-    return frame.with_columns(pl.Series("country", countries(addresses), dtype=pl.String))
+    land = countries(addresses) if with_country else pa.nulls(len(addresses), pa.string())
+    return frame.with_columns(pl.Series("country", land, dtype=pl.String))
 
 
 def build_enforcer(

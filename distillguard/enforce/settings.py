@@ -326,7 +326,7 @@ class EnforceSettings:
                 sharing=sharing,
                 explained_kinds=frozenset(str(k) for k in onl["explained_network_kinds"]),
                 free_mail_domains=frozenset(
-                    str(d).strip().lower() for d in onl["free_mail_domains"] or ()
+                    str(d).strip().lower() for d in config["linking"]["free_mail_domains"] or ()
                 ),
                 campaigns_dir=Path(cdir) if cdir else None,
                 campaigns_reload_seconds=float(kc["reload_seconds"]),

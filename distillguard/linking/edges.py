@@ -20,7 +20,7 @@ Everything here is relational (group-by, self-join on key) so the same expressio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,12 @@ def _key_stats(
     cfg: Mapping[str, Any],
     lcfg: Mapping[str, Any],
     hold: Callable[[ir.Table], ir.Table] | None = None,
+    unexplaining_domains: Sequence[str] = (),
 ) -> ir.Table:
     """Per (key, account) rows of eligible keys with the key's weight.
+
+    A key whose accounts all signed up with one email domain is explained sharing (one
+    organisation), unless that domain is one of ``unexplaining_domains`` (free mail: anyone's).
 
     ``keyed`` has ``key``, ``account_id``, ``kind_w`` (network-kind weight, 1 when not network
     based), ``net_kind`` (string or null) and optionally ``address`` (an integer id of the
@@ -105,6 +109,9 @@ def _key_stats(
     n = n_accounts.cast("float64")
     idf = (n / per_key.df.cast("float64")).ln() / ibis.greatest(n, 3.0).ln()
     one_domain = per_key.dom_lo.isnull() | (per_key.dom_lo == per_key.dom_hi)
+    if unexplaining_domains:
+        anyones = per_key.dom_lo.lower().isin([d.lower() for d in unexplaining_domains])
+        one_domain = one_domain & ~anyones.fill_null(False)
     explained = one_domain & (
         per_key.net_kind.isnull() | per_key.net_kind.isin(list(_EXPLAINABLE_KINDS))
     )
@@ -556,7 +563,11 @@ def edge_plan(
                 keyed = _signup_keys(accounts, cfg)
             else:
                 keyed = _exchange_keys(signals, kind, cfg, lcfg)
-            members = _key_stats(keyed, accounts, n_accounts, cfg, lcfg, hold)
+            # Two gmail.com accounts on one card are not one organisation, as online. Only cards:
+            # for templates and user agents the one-domain discount is all that keeps the free-mail
+            # crowd's common keys quiet, and its effect on them was never judged.
+            free_mail = (lcfg["free_mail_domains"] or ()) if kind == "payment" else ()
+            members = _key_stats(keyed, accounts, n_accounts, cfg, lcfg, hold, free_mail)
             members = members.join(vouched, "account_id")
             if hold is not None:
                 members = hold(members)

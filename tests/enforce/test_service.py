@@ -137,7 +137,7 @@ def test_shared_card_escalates_new_accounts_at_first_request(config: dict[str, A
 
 def test_a_shared_free_mail_domain_explains_no_shared_card(config: dict[str, Any]) -> None:
     """Heads signed up with gmail.com on one card are not one company: the card counts as shared."""
-    assert "gmail.com" in config["enforce"]["online"]["free_mail_domains"]
+    assert "gmail.com" in config["linking"]["free_mail_domains"]
     client, _ = _client(config)
     free = [client.post("/v1/check", json=_check(i, acct=f"head-{i}",
             account={"payment_fingerprint": "card-Y", "email_domain": "GMail.com"}), headers=AUTH).json()
@@ -145,7 +145,7 @@ def test_a_shared_free_mail_domain_explains_no_shared_card(config: dict[str, Any
     assert free[0]["action"] == "allow" and free[-1]["action"] != "allow"
     assert free[-1]["reasons"][0]["signal"] == "online.shared_payment"
     # The same traffic with an empty list: one domain again, explained.
-    config["enforce"]["online"]["free_mail_domains"] = []
+    config["linking"]["free_mail_domains"] = []
     client2, _ = _client(config)
     same = [client2.post("/v1/check", json=_check(i, acct=f"head-{i}",
             account={"payment_fingerprint": "card-Y", "email_domain": "GMail.com"}), headers=AUTH).json()

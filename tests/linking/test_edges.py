@@ -487,3 +487,30 @@ def test_a_bystander_meeting_the_pool_on_other_prefixes_once_is_still_a_bystande
     # Near miss: where a prefix alone can make a strong edge, each prefix is a place of its own.
     prefix = {**small_world_config()["linking"]["kinds"]["prefix"], "weight": 2.0}
     assert "bystander-0" in _members_linked(sig, acc, {**settings, "kinds.prefix": prefix})
+
+
+@pytest.mark.parametrize(("domain", "explained"), [("corp.example", True), ("GMail.com", False)])
+def test_a_card_shared_within_one_domain_is_explained_unless_free_mail(
+    domain: str, explained: bool
+) -> None:
+    """A company card used by its employees is explained sharing; a free-mail domain is anyone's."""
+    s = Synth(6)
+    add_background(s, n=40)
+    for i in range(3):
+        s.account(f"card-{i}", T0 - 50 * DAY, domain, "pf-shared", f"9.9.{i}.1")
+        s.exchange(f"card-{i}", T0 + i * 1000, f"5.5.{i}.5", "residential")
+    sig, acc = s.tables()
+    engine = EmbeddedEngine()
+    config = small_world_config()
+    edges_expr, _ = edge_expressions(engine.table("s", sig), engine.table("a", acc), config)
+    card = _within(_group_edges(engine.to_arrow(edges_expr)), "card")
+    assert card.height == 3
+    if explained:
+        assert card["w_payment"].max() < 0.5
+    else:
+        assert card["w_payment"].min() > 2.0
+    # An empty list: every one-domain card is explained again.
+    config["linking"]["free_mail_domains"] = []
+    edges_expr, _ = edge_expressions(engine.table("s2", sig), engine.table("a2", acc), config)
+    again = _within(_group_edges(engine.to_arrow(edges_expr)), "card")
+    assert again["w_payment"].max() < 0.5

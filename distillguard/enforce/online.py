@@ -50,7 +50,6 @@ from distillguard.enforce.settings import (
     EnforceSettings,
 )
 from distillguard.enforce.state import (
-    ACTION_SINCE,
     COUNT_ONLY,
     TOUCH_SLOTS,
     AccountView,
@@ -370,7 +369,6 @@ _FLAGGED_IP = FEATURES.index("flagged_ip")
 _EXIT_NETWORKS = FEATURES.index("exit_networks")
 _EXIT_COUNTRIES = FEATURES.index("exit_countries")
 _REASONING_HITS = FEATURES.index("reasoning_hits")
-_THROTTLE, _CHALLENGE = Action.THROTTLE.rank, Action.CHALLENGE.rank
 
 
 def _ratio(num: float, den: float) -> float:
@@ -961,36 +959,6 @@ class Enforcer:
             )
         return out
 
-    def _over_budget(self, before: int, rank: int, view: AccountView, n_now: float) -> float:
-        """Exchanges the account has sent at throttle, when that is past its budget; else 0.
-
-        Only a throttled account the score leaves at throttle: the score itself escalates the
-        others. An account throttled before its state recorded when (no ``ACTION_SINCE``) is left
-        alone rather than challenged at once.
-        """
-        budget = self.settings.throttle_budget
-        if not budget or before != _THROTTLE or rank != before:
-            return 0.0
-        since = view.counters.get(ACTION_SINCE)
-        if since is None:
-            return 0.0
-        sent = n_now - since
-        return sent if sent > budget else 0.0
-
-    def _budget_reason(self, sent: float) -> dict[str, Any]:
-        return {
-            "signal": "online.throttle_budget",
-            "value": round(float(sent), 6),
-            "detail": {
-                "detector": f"online.throttle_budget@{ONLINE_VERSION}",
-                "contribution": 0.0,
-                "reference": {
-                    "budget": self.settings.throttle_budget,
-                    "unit": "exchanges the account sent at throttle; past the budget it is challenged",
-                },
-            },
-        }
-
     def process(
         self,
         rows: Sequence[Mapping[str, Any]],
@@ -1064,20 +1032,14 @@ class Enforcer:
                     rank, score, contrib = score_one(vals)
                 if sticky and before > rank:
                     rank = before
-                n_now = view.counters.get("n", 1.0)
-                spent = self._over_budget(before, rank, view, n_now)
-                if spent:
-                    rank = _CHALLENGE
                 changed = rank != before
                 if changed:
                     reasons = self._reasons(vals, contrib, evidence)
-                    if spent:
-                        reasons.insert(0, self._budget_reason(spent))
                     if not reasons and rank > 0:  # the contract forbids an unexplained action
                         rank, changed = before, False
                         reasons = list(stored_reasons)
                     else:
-                        self._set_action(account, rank, cluster_id, reasons, deg, n_now)
+                        self._set_action(account, rank, cluster_id, reasons, deg)
                 if taint and rank >= taint_rank:
                     self._spread(account, ts_ms, view, vals, changed, taint, bucket, deg)
                 final[rank] += 1
@@ -1227,8 +1189,6 @@ class Enforcer:
         sip_counts = folded.counts[:, _SIP_COLUMN].tolist()
         prop_rank = s.propagation_rank
         sticky = s.sticky_actions
-        budget = s.throttle_budget
-        n_list = folded.values[:, 0].tolist()  # the account's exchange count at each row
         top = len(ACTIONS_BY_RANK) - 1
         taint_at = _N_BEHAVIOUR + len(SHARING_KINDS) + 2
         peek = backend.peek
@@ -1309,29 +1269,23 @@ class Enforcer:
                 rank, score = rank_list[i], scores[i]
             if sticky and before > rank:
                 rank = before
-            spent = self._over_budget(before, rank, view, n_list[i]) if budget else 0.0
-            if spent:
-                rank = _CHALLENGE
             if rank != before:
                 if vals is None:
                     vals = values[i].tolist()
                 if row_contrib is None:
                     row_contrib = contrib[i].tolist()
                 reasons = self._reasons(vals, row_contrib, evidence)
-                if spent:
-                    reasons.insert(0, self._budget_reason(spent))
                 if not reasons and rank > 0:  # the contract forbids an unexplained action
                     rank = before
                 else:
                     cluster_id = _cluster(view.cluster_id, cols.member_cid[i], cols.link_cid[i])
                     # What _set_action does, on the view current at this exchange (memory backend).
-                    self.local.set_action(accounts[i], rank, cluster_id, reasons, n_list[i])
+                    self.local.set_action(accounts[i], rank, cluster_id, reasons)
                     view.action_rank, view.cluster_id, view.reasons = (
                         rank,
                         cluster_id,
                         list(reasons),
                     )
-                    view.counters[ACTION_SINCE] = n_list[i]
                     decision = Decision(
                         cols.request_id(i), accounts[i], ts_list[i], ACTIONS_BY_RANK[rank], score,
                         cluster_id, tuple(reasons), None, None, True,
@@ -1595,13 +1549,12 @@ class Enforcer:
         cluster_id: str | None,
         reasons: list[dict[str, Any]],
         degraded: bool,
-        at_exchange: float | None = None,
     ) -> None:
-        self.local.set_action(account, rank, cluster_id, reasons, at_exchange)
+        self.local.set_action(account, rank, cluster_id, reasons)
         if degraded:
             return
         try:
-            self.backend.set_action(account, rank, cluster_id, reasons, at_exchange)
+            self.backend.set_action(account, rank, cluster_id, reasons)
         except StateUnavailable:
             self._mark_down()
 

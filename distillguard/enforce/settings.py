@@ -140,8 +140,6 @@ class EnforceSettings:
     replay_batch_rows: int
     propagation: Mapping[str, Sharing]
     propagation_rank: int
-    # Exchanges an account may send at throttle before its next one is challenged (0: no budget).
-    throttle_budget: int
     target_capabilities: frozenset[str]
     exit_networks: Counted
     exit_countries: Counted
@@ -179,8 +177,6 @@ class EnforceSettings:
                 holder = svc if key == "max_body_bytes" else e
                 if int(holder[key]) < 1:
                     raise ConfigError(f"enforce.{key} must be >= 1")
-            if int(onl["throttle_budget"]) < 0:
-                raise ConfigError("enforce.online.throttle_budget must be >= 0 (0: no budget)")
             unknown_b = set(onl["behaviour"]) - set(BEHAVIOUR_FEATURES)
             unknown_s = set(onl["sharing"]) - set(SHARING_KINDS)
             unknown_l = set(kc["link_weights"]) - set(LINK_KINDS)
@@ -340,7 +336,6 @@ class EnforceSettings:
                 replay_batch_rows=int(e["replay"]["batch_rows"]),
                 propagation=propagation,
                 propagation_rank=ranks[str(prop["min_action"])],
-                throttle_budget=int(onl["throttle_budget"]),
                 target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),
                 exit_networks=exit_networks,
                 exit_countries=exit_countries,

@@ -59,11 +59,6 @@ TOP_FAMILIES = {"cap:": "cap_top", "tpl:": "tpl_top"}
 MAX_FAMILY_FIELDS = 32
 
 
-#: Counter holding the account's exchange count (``n``) when its action last changed: how many
-#: exchanges it has sent at its current action (``enforce.online.throttle_budget``).
-ACTION_SINCE = "n_at_action"
-
-
 class StateUnavailable(DistillguardError):
     """The shared state store could not be reached; the configured fail mode decides what happens."""
 
@@ -117,12 +112,7 @@ class StateBackend(Protocol):
     def get(self, account_id: str) -> AccountView | None: ...
 
     def set_action(
-        self,
-        account_id: str,
-        rank: int,
-        cluster_id: str | None,
-        reasons: list[dict[str, Any]],
-        at_exchange: float | None = None,
+        self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]
     ) -> None: ...
 
     def ping(self) -> bool: ...
@@ -998,12 +988,7 @@ class MemoryState:
             )  # fmt: skip
 
     def set_action(
-        self,
-        account_id: str,
-        rank: int,
-        cluster_id: str | None,
-        reasons: list[dict[str, Any]],
-        at_exchange: float | None = None,
+        self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]
     ) -> None:
         with self._lock:
             view = self._accounts.get(account_id)
@@ -1011,8 +996,6 @@ class MemoryState:
                 view = AccountView(account_id)
                 self._accounts[account_id] = view
             view.action_rank, view.cluster_id, view.reasons = rank, cluster_id, list(reasons)
-            if at_exchange is not None:
-                view.counters[ACTION_SINCE] = float(at_exchange)
 
     def pending_exits(self, account_id: str) -> list[str]:
         """The exits an account remembers for retro-taint (:func:`note_exit`), whatever their window."""
@@ -1183,12 +1166,7 @@ class RedisState:
         return _parse_hash(account_id, flat)
 
     def set_action(
-        self,
-        account_id: str,
-        rank: int,
-        cluster_id: str | None,
-        reasons: list[dict[str, Any]],
-        at_exchange: float | None = None,
+        self, account_id: str, rank: int, cluster_id: str | None, reasons: list[dict[str, Any]]
     ) -> None:
         key = self._acct(account_id)
         pipe = self.client.pipeline(transaction=True)
@@ -1196,8 +1174,6 @@ class RedisState:
             key,
             mapping={"action": rank, "cluster": cluster_id or "", "reasons": json.dumps(reasons)},
         )
-        if at_exchange is not None:
-            pipe.hset(key, ACTION_SINCE, repr(float(at_exchange)))
         pipe.expire(key, self.ttl)
         self._call(pipe.execute)
 

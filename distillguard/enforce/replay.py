@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distillguard.core.atomic import atomic_path
+from distillguard.core.exchange_sql import ExchangeSource, exchanges_view
 from distillguard.core.schema import EXCHANGE_COLUMNS
 from distillguard.enforce.campaigns import CampaignWatcher
 from distillguard.enforce.online import (
@@ -97,10 +100,83 @@ def account_metas(accounts: pa.Table | None) -> dict[str, AccountMeta]:
 
 
 def sorted_batches(exchanges: pa.Table, rows: int) -> Iterator[pa.Table]:
-    """The exchanges in ``(ts, request_id)`` order, ``rows`` at a time."""
+    """The exchanges in ``(ts, request_id)`` order, ``rows`` at a time (a table held in memory)."""
     ordered = exchanges.sort_by([("ts", "ascending"), ("request_id", "ascending")])
     for start in range(0, ordered.num_rows, rows):
         yield ordered.slice(start, rows)
+
+
+class TimeOrderedExchanges:
+    """A log's exchanges in ``(ts, request_id)`` order, read a time range at a time.
+
+    The whole log is never held: at the seed scale its prompts alone decode to more than this
+    machine's 23 GiB. A first pass counts the exchanges per minute (``ts`` only); the minutes are
+    then grouped into ranges of about ``read_rows`` exchanges, and each range is read, sorted
+    and handed out in batches of ``rows`` — the same batches as slicing the fully sorted table.
+    Logs written a day per file (the simulator's, most providers' exports) are read once: DuckDB
+    skips the row groups whose ``ts`` statistics lie outside the range.
+    """
+
+    def __init__(
+        self, source: ExchangeSource, columns: Sequence[str], read_rows: int = 1_000_000
+    ) -> None:
+        self.columns = list(columns)
+        self.read_rows = max(1, read_rows)
+        self._con = duckdb.connect()
+        exchanges_view(self._con, source, "exchanges", self.columns)
+        self.schema = pa.schema([source.schema.field(c) for c in self.columns])
+        minutes = self._con.execute(
+            "SELECT epoch_ms(ts) // 60000 AS m, count(*) AS n FROM exchanges GROUP BY m ORDER BY m"
+        ).fetchnumpy()
+        self._minutes = np.asarray(minutes["m"], dtype=np.int64)
+        self._counts = np.asarray(minutes["n"], dtype=np.int64)
+        self.rows = int(self._counts.sum())
+        self.accounts = int(
+            self._con.execute("SELECT count(DISTINCT account_id) FROM exchanges").fetchone()[0]  # type: ignore[index]
+        )
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """``[start, end)`` in epoch ms, each about ``read_rows`` exchanges (whole minutes)."""
+        out: list[tuple[int, int]] = []
+        if self._minutes.size == 0:
+            return out
+        cum = np.cumsum(self._counts)
+        start = 0
+        while start < self._minutes.size:
+            base = cum[start - 1] if start else 0
+            # The last minute that keeps the range within read_rows (at least one minute).
+            end = max(start + 1, int(np.searchsorted(cum, base + self.read_rows, side="right")))
+            lo = int(self._minutes[start]) * 60_000
+            hi = int(self._minutes[end - 1] + 1) * 60_000
+            out.append((lo, hi))
+            start = end
+        return out
+
+    def batches(self, rows: int) -> Iterator[pa.Table]:
+        held: pa.Table | None = None
+        select = ", ".join('"' + c.replace('"', '""') + '"' for c in self.columns)
+        for lo, hi in self.ranges():
+            chunk = self._con.execute(
+                f"SELECT {select} FROM exchanges WHERE ts >= ? AND ts < ? ORDER BY ts, request_id",
+                [_utc(lo), _utc(hi)],
+            ).to_arrow_table()
+            # DuckDB answers in its own types (microsecond timestamps, ...): back to the log's.
+            chunk = chunk.cast(self.schema)
+            held = chunk if held is None else pa.concat_tables([held, chunk])
+            start = 0
+            while held.num_rows - start >= rows:
+                yield held.slice(start, rows)
+                start += rows
+            held = held.slice(start)
+        if held is not None and held.num_rows:
+            yield held
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _signal_batches(
@@ -131,31 +207,38 @@ def _signal_batches(
 
 
 def replay_table(
-    exchanges: pa.Table,
+    exchanges: ExchangeSource,
     accounts: pa.Table | None,
     enforcer: Enforcer,
     out: Path,
     batch_rows: int,
     content: ContentSignals | None = None,
     progress: bool = True,
+    read_rows: int = 1_000_000,
 ) -> ReplaySummary:
-    """Replay an exchanges table through ``enforcer``; write ``out/decisions.jsonl`` atomically."""
+    """Replay a log's exchanges (a table or a dataset) through ``enforcer``; write ``out/decisions.jsonl`` atomically.
+
+    Exchanges are read ``read_rows`` at a time in time order (:class:`TimeOrderedExchanges`), so
+    memory does not grow with the log.
+    """
     metas = account_metas(accounts)
     start = time.perf_counter()
     n_dec = 0
+    columns = [c for c in EXCHANGE_COLUMNS if c in exchanges.schema.names]
+    ordered = TimeOrderedExchanges(exchanges, columns, read_rows)
     with atomic_path(out / DECISIONS_FILE) as staged, staged.open("w", encoding="utf-8") as fh, Progress(
         TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} exchanges"),
         TimeElapsedColumn(), transient=True, disable=not progress,
     ) as bar:  # fmt: skip
-        task = bar.add_task("replay", total=exchanges.num_rows)
-        for batch, signals in _signal_batches(sorted_batches(exchanges, batch_rows), content):
+        task = bar.add_task("replay", total=ordered.rows)
+        for batch, signals in _signal_batches(ordered.batches(batch_rows), content):
             changes = enforcer.replay_batch(batch, signals, metas)
             fh.writelines(decision_line(d) for d in changes)
             n_dec += len(changes)
             bar.advance(task, batch.num_rows)
-    accounts_seen = len(pc.unique(exchanges["account_id"])) if exchanges.num_rows else 0
+    ordered.close()
     return ReplaySummary(
-        exchanges.num_rows, n_dec, accounts_seen, time.perf_counter() - start, out / DECISIONS_FILE
+        ordered.rows, n_dec, ordered.accounts, time.perf_counter() - start, out / DECISIONS_FILE
     )
 
 
@@ -171,8 +254,6 @@ def replay(
 
     settings = EnforceSettings.from_config(config)
     log = load_log(Path(logdir), config)
-    columns = [c for c in EXCHANGE_COLUMNS if c in log.exchanges.schema.names]
-    table = log.exchanges.to_table(columns=columns)
     cdir = Path(campaigns) if campaigns is not None else settings.campaigns_dir
     watcher = CampaignWatcher(cdir, settings.min_key_weight, reload_seconds=float("inf"))
     content = BatchContentSignals(
@@ -182,5 +263,12 @@ def replay(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     return replay_table(
-        table, log.accounts, enforcer, out, settings.replay_batch_rows, content, progress
+        log.exchanges,
+        log.accounts,
+        enforcer,
+        out,
+        settings.replay_batch_rows,
+        content,
+        progress,
+        settings.replay_read_rows,
     )

@@ -138,6 +138,7 @@ class EnforceSettings:
     link_weights: Mapping[str, float]
     min_key_weight: float
     replay_batch_rows: int
+    replay_read_rows: int
     propagation: Mapping[str, Sharing]
     propagation_rank: int
     target_capabilities: frozenset[str]
@@ -173,6 +174,9 @@ class EnforceSettings:
                 )
             if not 4 <= int(e["hll_precision"]) <= 16:
                 raise ConfigError("enforce.hll_precision must be between 4 and 16")
+            for key in ("batch_rows", "read_rows"):
+                if int(e["replay"][key]) < 1:
+                    raise ConfigError(f"enforce.replay.{key} must be >= 1")
             for key in ("max_accounts", "max_sketch_keys", "max_body_bytes"):
                 holder = svc if key == "max_body_bytes" else e
                 if int(holder[key]) < 1:
@@ -334,6 +338,7 @@ class EnforceSettings:
                 link_weights={str(k): float(v) for k, v in kc["link_weights"].items()},
                 min_key_weight=float(kc["min_key_weight"]),
                 replay_batch_rows=int(e["replay"]["batch_rows"]),
+                replay_read_rows=int(e["replay"]["read_rows"]),
                 propagation=propagation,
                 propagation_rank=ranks[str(prop["min_action"])],
                 target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),

@@ -191,3 +191,31 @@ def test_containment_counts_accounts_flagged_within_a_day_of_their_own_first_exc
     assert c.seconds_to_95pct_flagged is None  # 95 % of five accounts is five, one never flagged
     # A decision stamped at an exchange's ts already applies to it: a1 and a2 lose their fourth.
     assert (c.exchanges, c.served) == (20, 3 + 3 + 4 + 4 + 4)
+
+
+def test_replay_holds_every_account_of_the_log_whatever_the_service_cap(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Past enforce.max_accounts a service evicts state; replay sizes its state to the log instead."""
+    rows, metas = _traffic(seed=3)
+    log = tmp_path / "log"
+    log.mkdir()
+    with (log / "exchanges.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    with (log / "accounts.jsonl").open("w") as fh:
+        for acc, m in metas.items():
+            fh.write(json.dumps({"account_id": acc, "payment_fingerprint": m.payment_fingerprint,
+                                 "email_domain": m.email_domain}) + "\n")  # fmt: skip
+    roomy = replay(log, tmp_path / "roomy", config, progress=False)
+    config["enforce"]["max_accounts"] = 3  # 20 accounts in the log
+    tight = replay(log, tmp_path / "tight", config, progress=False)
+    assert roomy.accounts == tight.accounts == 20
+    assert tight.path.read_text() == roomy.path.read_text()
+    # The same traffic through an enforcer held to the cap forgets accounts and decides otherwise.
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    replay_table(
+        exchange_table(rows), _accounts_table(metas), _enforcer(config), capped, 50,
+        BatchContentSignals(config, capability_model=False), progress=False,
+    )  # fmt: skip
+    assert (capped / "decisions.jsonl").read_text() != roomy.path.read_text()

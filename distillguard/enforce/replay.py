@@ -232,17 +232,19 @@ def replay_table(
             exchanges, [c for c in EXCHANGE_COLUMNS if c in exchanges.schema.names], read_rows
         )
     )
-    with atomic_path(out / DECISIONS_FILE) as staged, staged.open("w", encoding="utf-8") as fh, Progress(
-        TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} exchanges"),
-        TimeElapsedColumn(), transient=True, disable=not progress,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("replay", total=ordered.rows)
-        for batch, signals in _signal_batches(ordered.batches(batch_rows), content):
-            changes = enforcer.replay_batch(batch, signals, metas)
-            fh.writelines(decision_line(d) for d in changes)
-            n_dec += len(changes)
-            bar.advance(task, batch.num_rows)
-    ordered.close()
+    try:
+        with atomic_path(out / DECISIONS_FILE) as staged, staged.open("w", encoding="utf-8") as fh, Progress(
+            TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} exchanges"),
+            TimeElapsedColumn(), transient=True, disable=not progress,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("replay", total=ordered.rows)
+            for batch, signals in _signal_batches(ordered.batches(batch_rows), content):
+                changes = enforcer.replay_batch(batch, signals, metas)
+                fh.writelines(decision_line(d) for d in changes)
+                n_dec += len(changes)
+                bar.advance(task, batch.num_rows)
+    finally:
+        ordered.close()
     return ReplaySummary(
         ordered.rows, n_dec, ordered.accounts, time.perf_counter() - start, out / DECISIONS_FILE
     )

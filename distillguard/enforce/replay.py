@@ -119,9 +119,16 @@ class TimeOrderedExchanges:
     """
 
     def __init__(
-        self, source: ExchangeSource, columns: Sequence[str], read_rows: int = 1_000_000
+        self,
+        source: ExchangeSource,
+        columns: Sequence[str] | None = None,
+        read_rows: int = 1_000_000,
     ) -> None:
-        self.columns = list(columns)
+        # Default: the contract's exchange columns the log has.
+        names = source.schema.names
+        self.columns = (
+            list(columns) if columns is not None else [c for c in EXCHANGE_COLUMNS if c in names]
+        )
         self.read_rows = max(1, read_rows)
         self._con = duckdb.connect()
         exchanges_view(self._con, source, "exchanges", self.columns)
@@ -228,9 +235,7 @@ def replay_table(
     ordered = (
         exchanges
         if isinstance(exchanges, TimeOrderedExchanges)
-        else TimeOrderedExchanges(
-            exchanges, [c for c in EXCHANGE_COLUMNS if c in exchanges.schema.names], read_rows
-        )
+        else TimeOrderedExchanges(exchanges, read_rows=read_rows)
     )
     try:
         with atomic_path(out / DECISIONS_FILE) as staged, staged.open("w", encoding="utf-8") as fh, Progress(
@@ -262,8 +267,7 @@ def replay(
 
     settings = EnforceSettings.from_config(config)
     log = load_log(Path(logdir), config)
-    columns = [c for c in EXCHANGE_COLUMNS if c in log.exchanges.schema.names]
-    ordered = TimeOrderedExchanges(log.exchanges, columns, settings.replay_read_rows)
+    ordered = TimeOrderedExchanges(log.exchanges, read_rows=settings.replay_read_rows)
     if ordered.accounts > settings.max_accounts:
         # Every account of the log is held, as by a service sized for that population: evicting
         # one forgets its action and counters (a suspended account would come back fresh), and
@@ -279,12 +283,5 @@ def replay(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     return replay_table(
-        ordered,
-        log.accounts,
-        enforcer,
-        out,
-        settings.replay_batch_rows,
-        content,
-        progress,
-        settings.replay_read_rows,
+        ordered, log.accounts, enforcer, out, settings.replay_batch_rows, content, progress
     )

@@ -55,6 +55,18 @@ def _accounts_table(metas: dict[str, AccountMeta]) -> pa.Table:
                      "email_domain": [metas[i].email_domain for i in ids]})  # fmt: skip
 
 
+def _write_log(log: Path, rows: list[dict[str, Any]], metas: dict[str, AccountMeta]) -> Path:
+    """A JSONL log directory in the contract: exchanges and accounts."""
+    log.mkdir()
+    with (log / "exchanges.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    with (log / "accounts.jsonl").open("w") as fh:
+        for acc, m in metas.items():
+            fh.write(json.dumps({"account_id": acc, "payment_fingerprint": m.payment_fingerprint,
+                                 "email_domain": m.email_domain}) + "\n")  # fmt: skip
+    return log
+
+
 def _enforcer(config: dict[str, Any], known: KnownCampaigns | None = None) -> Enforcer:
     watcher = CampaignWatcher(None, 0.3)
     if known is not None:
@@ -151,15 +163,7 @@ def test_new_account_linked_to_known_campaign_is_acted_on_at_first_request(
 
 def test_replay_cli_path_on_a_log_directory(config: dict[str, Any], tmp_path: Path) -> None:
     rows, metas = _traffic(seed=2)
-    log = tmp_path / "log"
-    log.mkdir()
-    with (log / "exchanges.jsonl").open("w") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-    with (log / "accounts.jsonl").open("w") as fh:
-        for acc, m in metas.items():
-            fh.write(json.dumps({"account_id": acc, "payment_fingerprint": m.payment_fingerprint,
-                                 "email_domain": m.email_domain}) + "\n")  # fmt: skip
+    log = _write_log(tmp_path / "log", rows, metas)
     summary = replay(log, tmp_path / "out", config, progress=False)
     assert summary.exchanges == len(rows) and summary.decisions == len(_lines(summary.path)) > 0
 
@@ -198,14 +202,7 @@ def test_replay_holds_every_account_of_the_log_whatever_the_service_cap(
 ) -> None:
     """Past enforce.max_accounts a service evicts state; replay sizes its state to the log instead."""
     rows, metas = _traffic(seed=3)
-    log = tmp_path / "log"
-    log.mkdir()
-    with (log / "exchanges.jsonl").open("w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    with (log / "accounts.jsonl").open("w") as fh:
-        for acc, m in metas.items():
-            fh.write(json.dumps({"account_id": acc, "payment_fingerprint": m.payment_fingerprint,
-                                 "email_domain": m.email_domain}) + "\n")  # fmt: skip
+    log = _write_log(tmp_path / "log", rows, metas)
     roomy = replay(log, tmp_path / "roomy", config, progress=False)
     config["enforce"]["max_accounts"] = 3  # 20 accounts in the log
     tight = replay(log, tmp_path / "tight", config, progress=False)

@@ -59,8 +59,7 @@ def test_time_ranges_give_the_batches_of_the_sorted_whole(tmp_path: Path, read_r
 
 def test_ranges_are_whole_minutes_covering_every_exchange(tmp_path: Path) -> None:
     dataset = _log(tmp_path)
-    columns = [c for c in EXCHANGE_COLUMNS if c in dataset.schema.names]
-    ordered = TimeOrderedExchanges(dataset, columns, 100)
+    ordered = TimeOrderedExchanges(dataset, read_rows=100)
     ranges = ordered.ranges()
     ordered.close()
     assert all(lo % 60_000 == 0 and hi % 60_000 == 0 and lo < hi for lo, hi in ranges)
@@ -72,6 +71,5 @@ def test_ranges_are_whole_minutes_covering_every_exchange(tmp_path: Path) -> Non
 def test_an_empty_log_gives_no_batch(tmp_path: Path) -> None:
     dataset = _log(tmp_path)
     empty = dataset.to_table().slice(0, 0)
-    columns = [c for c in EXCHANGE_COLUMNS if c in empty.schema.names]
-    ordered = TimeOrderedExchanges(empty, columns, 10)
+    ordered = TimeOrderedExchanges(empty, read_rows=10)
     assert ordered.rows == 0 and ordered.ranges() == [] and list(ordered.batches(5)) == []

@@ -126,7 +126,14 @@ def main() -> None:
     out = Path(tempfile.mkdtemp())
     t, c = time.perf_counter(), time.process_time()
     summary = replay_table(
-        table, log.accounts, enforcer(), out, settings.replay_batch_rows, content(), progress=False
+        table,
+        log.accounts,
+        enforcer(),
+        out,
+        settings.replay_batch_rows,
+        content(),
+        progress=False,
+        signal_rows=settings.replay_signal_rows,
     )
     c_replay = time.process_time() - c
     result.update({"replay_s": round(summary.seconds, 2), "replay_cpu_s": round(c_replay, 2),

@@ -188,30 +188,42 @@ def _utc(ms: int) -> datetime:
 
 
 def _signal_batches(
-    batches: Iterator[pa.Table], content: ContentSignals | None
+    blocks: Iterator[pa.Table], content: ContentSignals | None, batch_rows: int
 ) -> Iterator[tuple[pa.Table, Any]]:
-    """``(batch, content signals)`` with the next batch's signals computed in a thread meanwhile.
+    """``(batch, content signals)``: each block's signals computed in a thread one block ahead, cut into batches.
 
     The signal stage is mostly polars / numpy / scikit-learn (GIL released), so on two cores it
     overlaps the state loop. One worker thread, submitted in order: the template index still
-    sees the batches in time order.
+    sees the blocks in time order. Template ids depend on which prompts are labelled together
+    (one-hop LSH within a block, anchors across blocks), so the blocks are the fixed
+    ``signal_rows`` slices of the log and decision batches are cut inside them: the batch size
+    changes no template id, and so no decision.
     """
+    step = max(1, batch_rows)
+
+    def cut(block: pa.Table, signals: Any) -> Iterator[tuple[pa.Table, Any]]:
+        for start in range(0, block.num_rows, step):
+            yield (
+                block.slice(start, step),
+                (None if signals is None else signals.slice(start, step)),
+            )
+
     if content is None:
-        for batch in batches:
-            yield batch, None
+        for block in blocks:
+            yield from cut(block, None)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="replay-signals") as pool:
         pending: Future[Any] | None = None
         previous: pa.Table | None = None
-        for batch in batches:
-            nxt = pool.submit(content.compute, batch)
+        for block in blocks:
+            nxt = pool.submit(content.compute, block)
             if pending is not None:
                 assert previous is not None
-                yield previous, pending.result()
-            pending, previous = nxt, batch
+                yield from cut(previous, pending.result())
+            pending, previous = nxt, block
         if pending is not None:
             assert previous is not None
-            yield previous, pending.result()
+            yield from cut(previous, pending.result())
 
 
 def replay_table(
@@ -223,11 +235,14 @@ def replay_table(
     content: ContentSignals | None = None,
     progress: bool = True,
     read_rows: int = 1_000_000,
+    signal_rows: int = 50_000,
 ) -> ReplaySummary:
     """Replay a log's exchanges (a table or a dataset) through ``enforcer``; write ``out/decisions.jsonl`` atomically.
 
     Exchanges are read ``read_rows`` at a time in time order (:class:`TimeOrderedExchanges`), so
-    memory does not grow with the log.
+    memory does not grow with the log. Content signals are computed ``signal_rows`` exchanges at
+    a time and decisions taken ``batch_rows`` at a time within those blocks (at most
+    ``signal_rows``): the decisions depend on ``signal_rows``, never on ``batch_rows``.
     """
     metas = account_metas(accounts)
     start = time.perf_counter()
@@ -243,7 +258,8 @@ def replay_table(
             TimeElapsedColumn(), transient=True, disable=not progress,
         ) as bar:  # fmt: skip
             task = bar.add_task("replay", total=ordered.rows)
-            for batch, signals in _signal_batches(ordered.batches(batch_rows), content):
+            blocks = ordered.batches(max(1, signal_rows))
+            for batch, signals in _signal_batches(blocks, content, batch_rows):
                 changes = enforcer.replay_batch(batch, signals, metas)
                 fh.writelines(decision_line(d) for d in changes)
                 n_dec += len(changes)
@@ -283,5 +299,12 @@ def replay(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     return replay_table(
-        ordered, log.accounts, enforcer, out, settings.replay_batch_rows, content, progress
+        ordered,
+        log.accounts,
+        enforcer,
+        out,
+        settings.replay_batch_rows,
+        content,
+        progress,
+        signal_rows=settings.replay_signal_rows,
     )

@@ -139,6 +139,7 @@ class EnforceSettings:
     min_key_weight: float
     replay_batch_rows: int
     replay_read_rows: int
+    replay_signal_rows: int
     propagation: Mapping[str, Sharing]
     propagation_rank: int
     target_capabilities: frozenset[str]
@@ -339,6 +340,7 @@ class EnforceSettings:
                 min_key_weight=float(kc["min_key_weight"]),
                 replay_batch_rows=int(e["replay"]["batch_rows"]),
                 replay_read_rows=int(e["replay"]["read_rows"]),
+                replay_signal_rows=int(e["replay"]["signal_rows"]),
                 propagation=propagation,
                 propagation_rank=ranks[str(prop["min_action"])],
                 target_capabilities=frozenset(str(c) for c in onl["target_capabilities"]),

@@ -216,3 +216,23 @@ def test_replay_holds_every_account_of_the_log_whatever_the_service_cap(
         BatchContentSignals(config, capability_model=False), progress=False,
     )  # fmt: skip
     assert (capped / "decisions.jsonl").read_text() != roomy.path.read_text()
+
+
+def test_replay_decisions_do_not_depend_on_the_decision_batch_size(tmp_path: Path) -> None:
+    """Simulated prompts (paraphrased scaffolds) whose template ids differ when labelled in other blocks."""
+    from distillguard.core.config import load_config
+    from distillguard.simulate import simulate
+
+    log = simulate("default", "tiny", 4242, tmp_path / "log").out
+    outs, lines = [], []
+    for batch in (997, 50_000):
+        cfg = tmp_path / f"b{batch}.yaml"
+        cfg.write_text(f"enforce:\n  replay:\n    batch_rows: {batch}\n    signal_rows: 50000\n")
+        config = load_config(cfg)
+        out = tmp_path / f"out{batch}"
+        summary = replay(log, out, config, progress=False)
+        assert summary.exchanges > 3 * 997  # several decision batches in one signal block
+        outs.append((out / "decisions.jsonl").read_bytes())
+        lines.append(summary.decisions)
+    assert lines[0] > 0
+    assert outs[0] == outs[1]

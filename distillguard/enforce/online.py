@@ -64,6 +64,7 @@ from distillguard.enforce.state import (
     note_exit,
     take_exits,
 )
+from distillguard.enforce.windows import PassedWindows
 from distillguard.scoring.combine import Scored, SignalSpec
 from distillguard.scoring.policy import ACTIONS_BY_RANK, Policy
 from distillguard.scoring.standardise import RobustBaseline
@@ -490,6 +491,15 @@ class Enforcer:
         # taint too (it may have used a rented exit for hours before its own evidence sufficed).
         self._retro = ip_link.retro_exits if ip_link is not None and "ip" in self._taint else 0
         self._retro_ms = self._ip_ms or 86_400_000.0
+        # Replay only: sketches of windows time has passed are dropped (never read again in order).
+        self._windows = PassedWindows(
+            {
+                "pfx:": self._prefix_ms,
+                "sip:": self._ip_ms,
+                "net:": self._net_ms,
+                "cty:": self._cty_ms,
+            }
+        )
         # Vouched accounts (KYC, platforms): their infrastructure sharing and address taint abstain.
         v = s.vouched
         self._vouch_verifications = v.verifications
@@ -1109,9 +1119,12 @@ class Enforcer:
         assert isinstance(backend, MemoryState) and signals is not None
         out: list[Decision] = []
         lo = 0
+        windows = self._windows
         while lo < n:
             part = cols if lo == 0 else cols.slice(lo)
             adds = additions(part.fold)
+            if lo == 0 and windows.active:
+                windows.note(adds.get_column("group"))
             evicted: dict[str, int] = {}
             undecided: int | None = None
             refs = self._pending_refs(backend, part) if self._retro else None
@@ -1140,6 +1153,22 @@ class Enforcer:
             out += self._replay_rows(table.slice(lo, window), signals.slice(lo, window), metas)
             lo += window
         return out
+
+    def drop_passed_windows(self, now_ms: float) -> int:
+        """Replay, between batches: drop the windowed sketches of buckets before ``now_ms``; how many went.
+
+        Exchanges from ``now_ms`` on never read them (time order), so no count changes; what
+        changes is the room under ``max_sketch_keys``, which the LRU would otherwise free by
+        evicting live sketches. The replay calls it at fixed points of the log (its signal
+        blocks), so where the cap binds the decisions still do not depend on the batch size.
+        """
+        backend = self.backend
+        if not self._windows.active or not isinstance(backend, MemoryState):
+            return 0
+        passed = self._windows.passed(now_ms)
+        with self._lock:
+            backend.drop(passed)
+        return len(passed)
 
     def _pending_refs(self, backend: MemoryState, cols: _ReplayColumns) -> pl.DataFrame:
         """The exits the batch's accounts remembered before it (retro-taint), each at its account's first row: taint the

@@ -183,14 +183,28 @@ class TimeOrderedExchanges:
         self._con.close()
 
 
+#: Sketch room replay gives each account of the log (``ip:``, ``pay:``, ``paydom:``, ``eu:`` keys).
+SKETCHES_PER_ACCOUNT = 4
+
+
+def _first_ms(batch: pa.Table) -> int:
+    """The earliest ``ts`` of a time-ordered batch, in epoch ms."""
+    first = batch.column("ts")[0]
+    return (
+        int(first.value)
+        if first.type.unit == "ms"
+        else int(pc.cast(first, pa.timestamp("ms")).value)
+    )
+
+
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _signal_batches(
     blocks: Iterator[pa.Table], content: ContentSignals | None, batch_rows: int
-) -> Iterator[tuple[pa.Table, Any]]:
-    """``(batch, content signals)``: each block's signals computed in a thread one block ahead, cut into batches.
+) -> Iterator[tuple[pa.Table, Any, bool]]:
+    """``(batch, content signals, first batch of its block)``: each block's signals computed in a thread one block ahead, cut into batches.
 
     The signal stage is mostly polars / numpy / scikit-learn (GIL released), so on two cores it
     overlaps the state loop. One worker thread, submitted in order: the template index still
@@ -201,11 +215,12 @@ def _signal_batches(
     """
     step = max(1, batch_rows)
 
-    def cut(block: pa.Table, signals: Any) -> Iterator[tuple[pa.Table, Any]]:
+    def cut(block: pa.Table, signals: Any) -> Iterator[tuple[pa.Table, Any, bool]]:
         for start in range(0, block.num_rows, step):
             yield (
                 block.slice(start, step),
                 (None if signals is None else signals.slice(start, step)),
+                start == 0,
             )
 
     if content is None:
@@ -259,7 +274,9 @@ def replay_table(
         ) as bar:  # fmt: skip
             task = bar.add_task("replay", total=ordered.rows)
             blocks = ordered.batches(max(1, signal_rows))
-            for batch, signals in _signal_batches(blocks, content, batch_rows):
+            for batch, signals, first_of_block in _signal_batches(blocks, content, batch_rows):
+                if first_of_block:
+                    enforcer.drop_passed_windows(_first_ms(batch))
                 changes = enforcer.replay_batch(batch, signals, metas)
                 fh.writelines(decision_line(d) for d in changes)
                 n_dec += len(changes)
@@ -290,6 +307,13 @@ def replay(
         # past the cap every batch would take the row-by-row fold (the seed scale's 676k
         # accounts against 200k: ~6k exchanges/s instead of ~25k).
         settings = dataclasses.replace(settings, max_accounts=ordered.accounts)
+    if SKETCHES_PER_ACCOUNT * ordered.accounts > settings.max_sketch_keys:
+        # Likewise its lasting sketches: per account at most its addresses, its card (holders
+        # and their domains) and its end users, plus the addresses contained accounts tainted.
+        # Windowed sketches are dropped once their window has passed, so they need no room.
+        settings = dataclasses.replace(
+            settings, max_sketch_keys=SKETCHES_PER_ACCOUNT * ordered.accounts
+        )
     cdir = Path(campaigns) if campaigns is not None else settings.campaigns_dir
     watcher = CampaignWatcher(cdir, settings.min_key_weight, reload_seconds=float("inf"))
     content = BatchContentSignals(

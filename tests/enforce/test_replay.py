@@ -200,11 +200,12 @@ def test_containment_counts_accounts_flagged_within_a_day_of_their_own_first_exc
 def test_replay_holds_every_account_of_the_log_whatever_the_service_cap(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Past enforce.max_accounts a service evicts state; replay sizes its state to the log instead."""
+    """Past enforce.max_accounts (and max_sketch_keys) a service evicts state; replay sizes its state to the log instead."""
     rows, metas = _traffic(seed=3)
     log = _write_log(tmp_path / "log", rows, metas)
     roomy = replay(log, tmp_path / "roomy", config, progress=False)
     config["enforce"]["max_accounts"] = 3  # 20 accounts in the log
+    config["enforce"]["max_sketch_keys"] = 7
     tight = replay(log, tmp_path / "tight", config, progress=False)
     assert roomy.accounts == tight.accounts == 20
     assert tight.path.read_text() == roomy.path.read_text()

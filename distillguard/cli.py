@@ -293,6 +293,14 @@ def simulate(
         list[str] | None,
         typer.Option("--set", help="Campaign knob override, e.g. june2026.cover_traffic=0.3."),
     ] = None,
+    address_space: Annotated[
+        str,
+        typer.Option(
+            "--address-space",
+            help="sampled: 12 prefixes per network, each equally likely (the default so far); "
+            "full: every prefix of each network, each address equally likely.",
+        ),
+    ] = "sampled",
 ) -> None:
     """Generate a labelled log directory of benign personas and attack campaigns."""
     from distillguard.simulate import parse_sets
@@ -300,7 +308,13 @@ def simulate(
 
     try:
         summary = run_simulation(
-            scenario, scale, seed, out_dir, parse_sets(sets or []), console=err
+            scenario,
+            scale,
+            seed,
+            out_dir,
+            parse_sets(sets or []),
+            console=err,
+            address_space=address_space,
         )
     except DistillguardError as exc:
         _fail(exc)

@@ -267,6 +267,7 @@ def simulate(
     overrides: Mapping[str, str] | None = None,
     *,
     console: Console | None = None,
+    address_space: str = "sampled",
 ) -> SimulationSummary:
     """Generate a log directory for ``scenario`` at ``scale`` into ``out`` (atomically replaced).
 
@@ -280,7 +281,7 @@ def simulate(
     knobs = resolve(scenario, overrides)
     days = SCALES[scale].days
     rng = np.random.default_rng(seed)
-    network = Network(rng)
+    network = Network(rng, address_space=address_space)
     builder = Builder(rng, network, Corpus(), scale, days, seed)
     groups = builder.benign() + [builder.campaign(name, k) for name, k in knobs.items()]
     total_accounts = sum(g.n for g in groups)

@@ -126,19 +126,48 @@ def _org_prefixes() -> dict[str, tuple[Prefix, ...]]:
     return {k: tuple(sorted(v, key=lambda p: (p.version, p.network))) for k, v in found.items()}
 
 
-class Network:
-    """Draws addresses from real prefixes and records which prefixes were used for ip_intel.csv."""
+#: How much of each org's address space addresses are drawn from (``simulate --address-space``).
+ADDRESS_SPACES: Final = ("sampled", "full")
 
-    def __init__(self, rng: np.random.Generator, prefixes_per_org: int = 12) -> None:
+
+def _v4_weights(prefixes: list[Prefix]) -> np.ndarray:
+    """Each IPv4 prefix's share of the addresses (its size over the group's total)."""
+    sizes = np.array([2.0 ** (32 - p.length) for p in prefixes])
+    weights: np.ndarray = sizes / sizes.sum()
+    return weights
+
+
+class Network:
+    """Draws addresses from real prefixes and records which prefixes were used for ip_intel.csv.
+
+    ``address_space``: ``sampled`` (the default so far) draws from ``prefixes_per_org`` of each
+    org's IPv4 announcements, each prefix equally likely whatever its size, so a /24 gets as
+    many addresses as a /12 and unrelated customers meet on one address far more often than at
+    a provider (a quarter of the seed scale's casual users on their first day). ``full`` draws
+    from every announcement of the org (403M residential IPv4 addresses over the 14 ISPs),
+    each address equally likely.
+    """
+
+    def __init__(
+        self, rng: np.random.Generator, prefixes_per_org: int = 12, address_space: str = "sampled"
+    ) -> None:
+        if address_space not in ADDRESS_SPACES:
+            raise DistillguardError(
+                f"address space {address_space!r}: choose one of {', '.join(ADDRESS_SPACES)}"
+            )
         self._rng = rng
+        self.address_space = address_space
         all_prefixes = _org_prefixes()
         self.prefixes: dict[str, list[Prefix]] = {}
         for org in ORGS:
             options = all_prefixes[org.key]
             v4 = [p for p in options if p.version == 4]
             v6 = [p for p in options if p.version == 6]
-            pick4 = rng.choice(len(v4), size=min(prefixes_per_org, len(v4)), replace=False)
-            chosen = [v4[i] for i in sorted(pick4)]
+            if address_space == "full":
+                chosen = list(v4)
+            else:
+                pick4 = rng.choice(len(v4), size=min(prefixes_per_org, len(v4)), replace=False)
+                chosen = [v4[i] for i in sorted(pick4)]
             if v6:
                 pick6 = rng.choice(len(v6), size=min(3, len(v6)), replace=False)
                 chosen += [v6[i] for i in sorted(pick6)]
@@ -163,7 +192,10 @@ class Network:
                 rows = sel[mask]
                 if rows.size == 0:
                     continue
-                which = self._rng.integers(0, len(group), size=rows.size)
+                if self.address_space == "full" and group[0].version == 4:
+                    which = self._rng.choice(len(group), size=rows.size, p=_v4_weights(group))
+                else:
+                    which = self._rng.integers(0, len(group), size=rows.size)
                 # IPv6 interface ids: 64 random bits in two halves (numpy has no 128-bit ints)
                 hi = self._rng.integers(1, 2**31, size=rows.size)
                 lo = self._rng.integers(1, 2**31, size=rows.size)
@@ -179,18 +211,22 @@ class Network:
     def mark_proxies(self, ips: np.ndarray, share: float) -> None:
         """List a /29 around a ``share`` of these (residential-proxy) IPv4 exits as ``proxy``."""
         pick = self._rng.random(len(ips)) < share
+        # Every IPv4 prefix in org order; an exit is listed under the first that holds it.
         owners = [
-            (ipaddress.IPv4Network(p.cidr), ORG_BY_KEY[key])
+            (p, ORG_BY_KEY[key])
             for key, prefixes in self.prefixes.items()
             for p in prefixes
             if p.version == 4
         ]
+        starts = np.array([p.network for p, _ in owners], dtype=np.int64)
+        ends = starts + np.array([2 ** (32 - p.length) for p, _ in owners], dtype=np.int64)
         for ip in ips[pick]:
             if ":" in ip:
                 continue
-            addr = ipaddress.IPv4Address(ip)
-            owner = next((o for net, o in owners if addr in net), None)
-            if owner is not None:
+            addr = int(ipaddress.IPv4Address(ip))
+            inside = np.flatnonzero((starts <= addr) & (addr < ends))
+            if inside.size:
+                owner = owners[int(inside[0])][1]
                 net = ipaddress.ip_network(f"{ip}/29", strict=False)
                 self.proxy_cidrs.append((str(net), owner.asn, owner.as_name))
 
@@ -198,7 +234,8 @@ class Network:
         """List ``other``'s prefixes and proxy ranges here too (an operation's exits seen by this provider)."""
         for key, prefixes in other.prefixes.items():
             mine = self.prefixes[key]
-            mine.extend(p for p in prefixes if p not in mine)
+            held = set(mine)
+            mine.extend(p for p in prefixes if p not in held)
         self.proxy_cidrs.extend(other.proxy_cidrs)
 
     def intel_rows(self) -> list[tuple[str, int, str, str]]:

@@ -375,7 +375,10 @@ class Builder:
         g.volume_cap = k.volume_cap
         # exits: residential proxies rented in bulk, shared by many accounts
         infra = (
-            net.Network(np.random.default_rng([k.infra_seed, CAMPAIGN_NAMES.index(name)]))
+            net.Network(
+                np.random.default_rng([k.infra_seed, CAMPAIGN_NAMES.index(name)]),
+                address_space=self.net.address_space,
+            )
             if k.infra_seed
             else self.net
         )

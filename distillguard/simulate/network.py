@@ -126,6 +126,12 @@ def _org_prefixes() -> dict[str, tuple[Prefix, ...]]:
     return {k: tuple(sorted(v, key=lambda p: (p.version, p.network))) for k, v in found.items()}
 
 
+#: Public IPv4 addresses a mobile carrier NATs its subscribers behind (``full`` address space).
+#: An assumption, not a measurement: carriers put many subscribers behind each address, and what
+#: matters here is how many of *this provider's* customers meet on one, which grows with the
+#: provider's size (at the seed scale a few hundred thousand casual users, a quarter on phones).
+CGNAT_PUBLIC_ADDRESSES: Final = 65_536
+
 #: How much of each org's address space addresses are drawn from (``simulate --address-space``).
 ADDRESS_SPACES: Final = ("sampled", "full")
 
@@ -145,7 +151,8 @@ class Network:
     many addresses as a /12 and unrelated customers meet on one address far more often than at
     a provider (a quarter of the seed scale's casual users on their first day). ``full`` draws
     from every announcement of the org (403M residential IPv4 addresses over the 14 ISPs),
-    each address equally likely.
+    each address equally likely, except a mobile carrier's IPv4: its subscribers share the
+    carrier's :data:`CGNAT_PUBLIC_ADDRESSES` (carrier-grade NAT), as do proxy exits on phones.
     """
 
     def __init__(
@@ -173,6 +180,7 @@ class Network:
                 chosen += [v6[i] for i in sorted(pick6)]
             self.prefixes[org.key] = chosen
         self.proxy_cidrs: list[tuple[str, int, str]] = []
+        self._cgnat_pools: dict[str, np.ndarray] = {}
 
     def addresses(
         self, orgs: tuple[str, ...] | list[str], n: int, ipv6_share: float = 0.0
@@ -192,21 +200,42 @@ class Network:
                 rows = sel[mask]
                 if rows.size == 0:
                     continue
-                if self.address_space == "full" and group[0].version == 4:
-                    which = self._rng.choice(len(group), size=rows.size, p=_v4_weights(group))
-                else:
-                    which = self._rng.integers(0, len(group), size=rows.size)
-                # IPv6 interface ids: 64 random bits in two halves (numpy has no 128-bit ints)
-                hi = self._rng.integers(1, 2**31, size=rows.size)
-                lo = self._rng.integers(1, 2**31, size=rows.size)
-                for r, w, h, lw in zip(rows, which, hi, lo, strict=True):
-                    p = group[int(w)]
-                    if p.version == 4:
-                        span = 2 ** (32 - p.length)
-                        out[r] = str(ipaddress.IPv4Address(p.network + 1 + (int(h) % (span - 2))))
-                    else:
-                        out[r] = str(ipaddress.IPv6Address(p.network + ((int(h) << 31) | int(lw))))
+                if self.address_space == "full" and group[0].version == 4 and self._carrier(key):
+                    pool = self._cgnat(key, group)
+                    out[rows] = pool[self._rng.integers(0, pool.size, size=rows.size)]
+                    continue
+                out[rows] = self._draw(group, rows.size)
         return out.astype(str)
+
+    def _carrier(self, key: str) -> bool:
+        return ORG_BY_KEY[key].kind == "mobile"
+
+    def _cgnat(self, key: str, group: list[Prefix]) -> np.ndarray:
+        """A mobile carrier's public IPv4 addresses, drawn once: its subscribers share them (CGNAT)."""
+        pool = self._cgnat_pools.get(key)
+        if pool is None:
+            pool = self._draw(group, CGNAT_PUBLIC_ADDRESSES)
+            self._cgnat_pools[key] = pool
+        return pool
+
+    def _draw(self, group: list[Prefix], n: int) -> np.ndarray:
+        """``n`` addresses in ``group``'s prefixes (all IPv4 or all IPv6)."""
+        if self.address_space == "full" and group[0].version == 4:
+            which = self._rng.choice(len(group), size=n, p=_v4_weights(group))
+        else:
+            which = self._rng.integers(0, len(group), size=n)
+        # IPv6 interface ids: 64 random bits in two halves (numpy has no 128-bit ints)
+        hi = self._rng.integers(1, 2**31, size=n)
+        lo = self._rng.integers(1, 2**31, size=n)
+        out = np.empty(n, dtype=object)
+        for r, (w, h, lw) in enumerate(zip(which, hi, lo, strict=True)):
+            p = group[int(w)]
+            if p.version == 4:
+                span = 2 ** (32 - p.length)
+                out[r] = str(ipaddress.IPv4Address(p.network + 1 + (int(h) % (span - 2))))
+            else:
+                out[r] = str(ipaddress.IPv6Address(p.network + ((int(h) << 31) | int(lw))))
+        return out
 
     def mark_proxies(self, ips: np.ndarray, share: float) -> None:
         """List a /29 around a ``share`` of these (residential-proxy) IPv4 exits as ``proxy``."""

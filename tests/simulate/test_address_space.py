@@ -10,7 +10,7 @@ import pytest
 
 from distillguard.core.errors import DistillguardError
 from distillguard.simulate import simulate
-from distillguard.simulate.network import RESIDENTIAL, Network
+from distillguard.simulate.network import CGNAT_PUBLIC_ADDRESSES, RESIDENTIAL, Network
 
 
 def _repeats(addresses: np.ndarray) -> int:
@@ -45,3 +45,15 @@ def test_full_space_draws_addresses_in_proportion_to_prefix_size() -> None:
 def test_unknown_address_space_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DistillguardError, match="address space 'wide'"):
         simulate("default", "tiny", 1, tmp_path / "log", address_space="wide")
+
+
+def test_full_space_puts_a_carriers_subscribers_behind_its_cgnat_addresses() -> None:
+    net = Network(np.random.default_rng(5), address_space="full")
+    phones = net.addresses(("tmobile",), 3 * CGNAT_PUBLIC_ADDRESSES)
+    later = net.addresses(("tmobile",), 1000)
+    assert len(set(phones.tolist())) <= CGNAT_PUBLIC_ADDRESSES
+    # The same public addresses, drawn once: later subscribers land on them too.
+    assert len(set(phones.tolist()) | set(later.tolist())) <= CGNAT_PUBLIC_ADDRESSES
+    assert len(set(later.tolist()) & set(phones.tolist())) > 900
+    homes = net.addresses(("comcast",), 3 * CGNAT_PUBLIC_ADDRESSES)
+    assert _repeats(homes) < 0.01 * len(homes)

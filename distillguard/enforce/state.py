@@ -24,10 +24,12 @@ Exception tree::
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import itertools
 import json
+import operator
 import threading
 import warnings
 from collections import OrderedDict
@@ -661,8 +663,7 @@ class MemoryState:
         # Sketches: an exact set's count is its size so far, so it only needs which additions are
         # new members; a HyperLogLog (or a set that becomes one in this batch) goes addition by addition.
         counts = np.zeros((n, len(batch.memberships)), dtype=np.int64)
-        if adds.height:
-            self._fold_sketches(adds, counts)
+        touched = self._fold_sketches(adds, counts) if adds.height else _last_touches(adds)
 
         values = np.empty((n, len(batch.reads)), dtype=np.float64)
         for k, name in enumerate(batch.reads):
@@ -681,9 +682,14 @@ class MemoryState:
         added = np.ones((len(uniq), len(names)), dtype=bool)
         for j in range(1, len(names)):
             added[:, j] = per_account.get_column(f"h{j}").to_numpy()
-        patterns, which = np.unique(added, axis=0, return_inverse=True)
-        which = which.reshape(-1)
-        for p, pattern in enumerate(patterns):
+        # Patterns as integers where they fit (np.unique over rows is ~100x slower).
+        bits = (
+            added @ (1 << np.arange(len(names), dtype=np.int64))
+            if len(names) < 63
+            else np.unique(added, axis=0, return_inverse=True)[1].reshape(-1)
+        )
+        _, first_of, which = np.unique(bits, return_index=True, return_inverse=True)
+        for p, pattern in enumerate(added[first_of]):
             members = np.flatnonzero(which == p)
             written = [k for k, w in zip(names, pattern.tolist(), strict=True) if w]
             rows_out = final[np.ix_(members, np.flatnonzero(pattern))].tolist()
@@ -701,10 +707,11 @@ class MemoryState:
         move = accounts.move_to_end
         for j in np.argsort(last).tolist():
             move(uniq[j])
-        return Folded(views, values, counts, _last_touches(adds))
+        return Folded(views, values, counts, touched)
 
-    def _fold_sketches(self, adds: pl.DataFrame, counts: np.ndarray) -> None:
-        """The sketch part of :meth:`_fold_columns`: ``counts[row, membership]`` of every addition."""
+    def _fold_sketches(self, adds: pl.DataFrame, counts: np.ndarray) -> pl.DataFrame:
+        """The sketch part of :meth:`_fold_columns`: ``counts[row, membership]`` of every addition; returns
+        :attr:`Folded.touched` (no addition only reads here)."""
         sketches, p = self._sketches, self.p
         unique = adds.get_column("group").unique(maintain_order=True)
         groups: list[str] = unique.to_list()
@@ -713,11 +720,9 @@ class MemoryState:
         stored: list[_Sketch | None] = list(map(sketches.get, groups))
         held: list[str | set[str] | None] = [None] * len(groups)  # exact sets held before the batch
         size = np.zeros(len(groups), dtype=np.int64)
-        exact_set, sequential, hll = (
-            0,
-            1,
-            2,
-        )  # a set that becomes a HyperLogLog in this batch: sequential
+        # Kinds of key: an exact set (or none yet); addition by addition (a HyperLogLog without an
+        # estimate yet, and below a set that becomes one in this batch); a HyperLogLog.
+        exact_set, sequential, hll = 0, 1, 2
         kind = np.zeros(len(groups), dtype=np.int8)
         for i, sketch in enumerate(stored):
             if sketch is None:
@@ -734,6 +739,9 @@ class MemoryState:
             pl.col("group").replace_strict(unique, np.arange(len(groups)), return_dtype=pl.Int64).alias("_g"),
         ).with_columns(pl.struct("_g", "member").is_first_distinct().alias("_first"))  # fmt: skip
         g_all = adds.get_column("_g").to_numpy()
+        last = np.zeros(len(groups), dtype=np.int64)
+        np.maximum.at(last, g_all, adds.get_column("key").to_numpy())
+        touched = pl.DataFrame({"group": unique, "key": last})
         in_hll = kind[g_all] == hll
         if in_hll.any():
             which = np.flatnonzero(kind == hll)
@@ -746,7 +754,7 @@ class MemoryState:
             )
         rest = np.flatnonzero(~in_hll)  # rows of ``adds`` still to fold
         if rest.size == 0:
-            return
+            return touched
         member = adds.get_column("member")
         keys = adds.get_column("key").to_numpy()[rest]
         g = g_all[rest]
@@ -809,6 +817,7 @@ class MemoryState:
                 sketch = _Sketch(p)
                 sketches[groups[i]] = sketch
             counts[key // TOUCH_SLOTS, key % TOUCH_SLOTS] = sketch.add(m)
+        return touched
 
     def _fold_hll(self, adds: pl.DataFrame, sk: list[_Sketch], counts: np.ndarray) -> None:
         """Additions to sketches that are HyperLogLogs already: :meth:`_Sketch.add`'s answers and end state, columnar.
@@ -947,20 +956,17 @@ class MemoryState:
                 return {}, 0  # the batch's own sketches could be evicted within it
             if len(sketches) + first.height + tfirst.height <= cap:
                 return {}, None
-            used: dict[str, int] = {}
-            new: list[int] = []
-            for g, t in first.iter_rows():
-                if g in sketches:
-                    used[g] = t
-                else:
-                    new.append(t)
-            held_taint: set[str] = set()
-            new_taint: list[int] = []
-            for g, t in tfirst.iter_rows():
-                if g in sketches:
-                    held_taint.add(g)
-                else:
-                    new_taint.append(t)
+            # Membership tests mapped over whole columns: a batch names ~100k keys at the seed scale.
+            groups: list[str] = first.get_column("group").to_list()
+            times: list[int] = first.get_column("key").to_list()
+            inside = list(map(sketches.__contains__, groups))
+            used = dict(itertools.compress(zip(groups, times, strict=True), inside))
+            new = [t for t, h in zip(times, inside, strict=True) if not h]
+            groups = tfirst.get_column("group").to_list()
+            times = tfirst.get_column("key").to_list()
+            inside = list(map(sketches.__contains__, groups))
+            held_taint = set(itertools.compress(groups, inside))
+            new_taint = [t for t, h in zip(times, inside, strict=True) if not h]
             fewest, stop_f = self._frontier(sorted(new), used, held_taint)
             most, stop_m = self._frontier(sorted(new + new_taint), used, held_taint)
             unsettled = [t for k, t in most.items() if k not in fewest] + [
@@ -981,34 +987,70 @@ class MemoryState:
         """Sketches evicted before their first use when new ones arrive at ``inserts``, and where the simulation had to stop.
 
         It stops at an eviction that reaches a taint key (whether decisions touched it first
-        decides what is evicted from then on).
+        decides what is evicted from then on). Each insertion beyond the cap evicts the oldest
+        key not yet touched; most of those are neither used nor taint and only consume an
+        insertion each, so runs of them are skipped at once and only the others are simulated.
         """
         sketches = self._sketches
-        cap = self.max_sketch_keys
-        queue = list(inserts)  # sorted: a valid heap
-        length = len(sketches)
-        oldest = iter(sketches)
+        # The first insertions fit under the cap.
+        pos = min(len(inserts), max(0, self.max_sketch_keys - len(sketches)))
+        back: list[int] = []  # (heap) evicted sketches coming back empty at their first use
         evicted: dict[str, int] = {}
-        while queue:
-            t = heapq.heappop(queue)
-            length += 1
-            if length <= cap:
-                continue
-            for key in oldest:
+
+        def skip(count: int) -> bool:
+            """Consume ``count`` insertions, each evicting a key of no interest; False if they run out."""
+            nonlocal pos
+            while count and back:
+                upto = min(bisect.bisect_right(inserts, back[0], pos), pos + count)
+                count -= upto - pos
+                pos = upto
+                if count:
+                    if pos < len(inserts) and inserts[pos] < back[0]:
+                        continue
+                    heapq.heappop(back)
+                    count -= 1
+            if count > len(inserts) - pos:
+                pos = len(inserts)
+                return False
+            pos += count
+            return True
+
+        def upcoming() -> int:
+            """The next insertion (one is left)."""
+            if pos == len(inserts) or (back and back[0] < inserts[pos]):
+                return back[0]
+            return inserts[pos]
+
+        oldest = iter(sketches)
+        while True:
+            pending = len(inserts) - pos + len(back)
+            if pending == 0:
+                return evicted, None
+            chunk = list(itertools.islice(oldest, pending + 64))
+            if not chunk:  # nothing left to evict at the next insertion
+                return evicted, upcoming()
+            marked = map(
+                operator.or_, map(used.__contains__, chunk), map(taint.__contains__, chunk)
+            )
+            done = 0
+            for j in itertools.compress(range(len(chunk)), marked):
+                if not skip(j - done):
+                    return evicted, None
+                done = j + 1
+                key = chunk[j]
+                if pos == len(inserts) and not back:
+                    return evicted, None
+                t = upcoming()
                 if key in taint:
                     return evicted, t
-                first_use = used.get(key)
-                if first_use is None:
-                    break  # not used in the batch: evicted, unseen
+                first_use = used[key]
                 if first_use < t:
                     continue  # already touched: no longer among the oldest
                 evicted[key] = first_use
-                heapq.heappush(queue, first_use)  # comes back empty when first used
-                break
-            else:
-                return evicted, t
-            length -= 1
-        return evicted, None
+                skip(1)
+                heapq.heappush(back, first_use)  # comes back empty when first used
+            if not skip(len(chunk) - done):
+                return evicted, None
 
     def drop(self, groups: Iterable[str]) -> None:
         """Remove sketches (ones :meth:`plan_evictions` found evicted before their first use)."""

@@ -1173,12 +1173,12 @@ class Enforcer:
     def _pending_refs(self, backend: MemoryState, cols: _ReplayColumns) -> pl.DataFrame:
         """The exits the batch's accounts remembered before it (retro-taint), each at its account's first row: taint the
         decisions may add to (``group``, ``key`` as :meth:`_ReplayColumns.taint_refs`)."""
-        first: dict[str, int] = {}
-        for i, a in enumerate(cols.accounts):
-            first.setdefault(a, i)
+        firsts = np.flatnonzero(
+            cols.frame.get_column("acct").is_first_distinct().to_numpy()
+        ).tolist()
         groups, keys = [], []
-        for a, i in first.items():
-            for g in backend.pending_exits(a):
+        for i in firsts:
+            for g in backend.pending_exits(cols.accounts[i]):
                 groups.append(g)
                 keys.append(i * TOUCH_SLOTS + len(_MEMBERSHIPS))
         return pl.DataFrame(

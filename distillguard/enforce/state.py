@@ -24,10 +24,12 @@ Exception tree::
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import itertools
 import json
+import operator
 import threading
 import warnings
 from collections import OrderedDict
@@ -516,9 +518,10 @@ class MemoryState:
         n = f.height
         accounts = self._accounts
         acct = f.get_column(batch.account)
-        acct_list: list[str] = acct.to_list()
         uniq: list[str] = acct.unique(maintain_order=True).to_list()
-        if len(accounts) + sum(1 for a in uniq if a not in accounts) > self.max_accounts:
+        # Each distinct account is looked up once; everything after works on its index in ``uniq``.
+        stored: list[AccountView | None] = list(map(accounts.get, uniq))
+        if len(accounts) + stored.count(None) > self.max_accounts:
             return None  # an account is evicted inside the batch: the row loop evicts it when one by one would
         if "n" in batch.counters or any(k[:4] in TOP_FAMILIES for k in batch.counters):
             return None
@@ -544,32 +547,35 @@ class MemoryState:
             return None
 
         # Accounts: the views (new ones created), in the order each exchange sees them.
-        views_by: dict[str, AccountView] = {}
-        for a in uniq:
-            view = accounts.get(a)
-            if view is None:
-                view = AccountView(a)
-                accounts[a] = view
-            views_by[a] = view
-        views = [views_by[a] for a in acct_list]
-        counters = [views_by[a].counters for a in uniq]
+        held = [v is not None for v in stored]
+        view_list = [AccountView(a) if v is None else v for a, v in zip(uniq, stored, strict=True)]
+        accounts.update((a, v) for a, v, h in zip(uniq, view_list, held, strict=True) if not h)
         at = acct.replace_strict(
             uniq, list(range(len(uniq))), return_dtype=pl.Int64
         ).to_numpy()  # row -> uniq index
+        by_index = np.empty(len(uniq), dtype=object)
+        by_index[:] = view_list
+        views: list[AccountView] = by_index[at].tolist()
+        counters = [v.counters for v in view_list]
+        code = pl.Series("_a", at)
 
         # Counters: cumulative sums per account, each starting from the stored value, so the
         # additions happen in the same order (and give the same floats) as one by one.
         names = ["n", *batch.counters]
+        zeros = (0.0,) * len(names)
         prior = np.array(
-            [[c.get(k, 0.0) for k in names] for c in counters], dtype=np.float64
-        ).reshape(len(uniq), len(names))
-        had = [[k in c for k in names] for c in counters]
+            [tuple(map(c.get, names, zeros)) if h else zeros for c, h in zip(counters, held, strict=True)],
+            dtype=np.float64,
+        ).reshape(len(uniq), len(names))  # fmt: skip
         cols = [f"c{j}" for j in range(len(names))]
         head = pl.DataFrame(
-            {"_a": pl.Series(uniq, dtype=pl.String), **{c: prior[:, j] for j, c in enumerate(cols)}}
+            {
+                "_a": np.arange(len(uniq), dtype=np.int64),
+                **{c: prior[:, j] for j, c in enumerate(cols)},
+            }
         )
         body = f.select(
-            pl.col(batch.account).cast(pl.String).alias("_a"),
+            code,
             pl.lit(1.0, dtype=pl.Float64).alias("c0"),
             *(
                 pl.col(col).cast(pl.Float64).fill_null(0.0).alias(cols[j + 1])
@@ -583,14 +589,14 @@ class MemoryState:
             .to_numpy()
         )
         per_account = f.select(
-            pl.col(batch.account).cast(pl.String).alias("_a"),
+            code,
             pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
             pl.col(batch.ts_ms).alias("_ts"),
             *(pl.col(col).is_not_null().alias(f"h{j + 1}") for j, col in enumerate(batch.counters.values())),
         ).group_by("_a").agg(
             pl.col("_i").max().alias("_last"), pl.col("_ts").min().alias("_lo"), pl.col("_ts").max().alias("_hi"),
             *(pl.col(f"h{j + 1}").any() for j in range(len(batch.counters))),
-        )  # fmt: skip
+        ).sort("_a")  # fmt: skip
 
         # Family fields (cap:*, tpl:*): which are admitted under MAX_FAMILY_FIELDS, their running
         # counts, and each account's running maximum.
@@ -599,7 +605,7 @@ class MemoryState:
             before = np.array([c.get(top, 0.0) for c in counters], dtype=np.float64)[at]
             rows = f.select(
                 pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"),
-                pl.col(batch.account).cast(pl.String).alias("_a"),
+                code,
                 pl.col(col).alias("_f"),
             ).filter(pl.col("_f").is_not_null())
             rows = rows.with_columns(
@@ -613,8 +619,13 @@ class MemoryState:
             admitted: list[bool] = []
             base: list[float] = []
             seen_key, other = "#" + prefix, prefix + "~other"
-            for a, name, cnt in pairs.select("_a", "_f", "_cnt").iter_rows():
-                c = views_by[a].counters
+            for j, name, cnt in zip(
+                pairs.get_column("_a").to_list(),
+                pairs.get_column("_f").to_list(),
+                pairs.get_column("_cnt").to_list(),
+                strict=True,
+            ):
+                c = counters[j]
                 value = c.get(name)
                 if value is None:
                     seen = c.get(seen_key, 0.0)
@@ -642,7 +653,7 @@ class MemoryState:
             v = np.full(n, -np.inf)
             v[hit.get_column("_i").to_numpy()] = hit.get_column("_v").to_numpy()
             running = (
-                pl.DataFrame({"_a": acct, "_v": v})
+                pl.DataFrame({"_a": at, "_v": v})
                 .select(pl.col("_v").cum_max().over("_a"))
                 .to_series()
                 .to_numpy()
@@ -652,8 +663,7 @@ class MemoryState:
         # Sketches: an exact set's count is its size so far, so it only needs which additions are
         # new members; a HyperLogLog (or a set that becomes one in this batch) goes addition by addition.
         counts = np.zeros((n, len(batch.memberships)), dtype=np.int64)
-        if adds.height:
-            self._fold_sketches(adds, counts)
+        touched = self._fold_sketches(adds, counts) if adds.height else _last_touches(adds)
 
         values = np.empty((n, len(batch.reads)), dtype=np.float64)
         for k, name in enumerate(batch.reads):
@@ -665,123 +675,162 @@ class MemoryState:
                 values[:, k] = np.array([c.get(name, 0.0) for c in counters], dtype=np.float64)[at]
 
         # Write back what one-by-one updates leave: counters, first/last, family fields, LRU order.
-        position = {a: j for j, a in enumerate(uniq)}
-        for a, last, lo, hi, *had_inc in per_account.iter_rows():
-            j = position[a]
-            view = views_by[a]
-            c = view.counters
-            final = cum[last].tolist()
-            c["n"] = final[0]
-            for k in range(1, len(names)):
-                if had[j][k] or had_inc[k - 1]:  # a counter exists once something was added to it
-                    c[names[k]] = final[k]
+        # A counter nothing was added to keeps its value (its sum is that value plus zeros), so
+        # only the added ones are written: per pattern of added counters, one update per account.
+        last = per_account.get_column("_last").to_numpy()
+        final = cum[last]
+        added = np.ones((len(uniq), len(names)), dtype=bool)
+        for j in range(1, len(names)):
+            added[:, j] = per_account.get_column(f"h{j}").to_numpy()
+        # Patterns as integers where they fit (np.unique over rows is ~100x slower).
+        bits = (
+            added @ (1 << np.arange(len(names), dtype=np.int64))
+            if len(names) < 63
+            else np.unique(added, axis=0, return_inverse=True)[1].reshape(-1)
+        )
+        _, first_of, which = np.unique(bits, return_index=True, return_inverse=True)
+        for p, pattern in enumerate(added[first_of]):
+            members = np.flatnonzero(which == p)
+            written = [k for k, w in zip(names, pattern.tolist(), strict=True) if w]
+            rows_out = final[np.ix_(members, np.flatnonzero(pattern))].tolist()
+            for j, row in zip(members.tolist(), rows_out, strict=True):
+                counters[j].update(zip(written, row, strict=True))
+        for view, lo, hi in zip(
+            view_list,
+            per_account.get_column("_lo").to_list(),
+            per_account.get_column("_hi").to_list(),
+            strict=True,
+        ):
             first, last_ms = view.first_ms, view.last_ms
             view.first_ms = lo if first is None else min(first, lo)
             view.last_ms = hi if last_ms is None else max(last_ms, hi)
-        for a in per_account.sort("_last").get_column("_a").to_list():
-            accounts.move_to_end(a)
-        return Folded(views, values, counts, _last_touches(adds))
+        move = accounts.move_to_end
+        for j in np.argsort(last).tolist():
+            move(uniq[j])
+        return Folded(views, values, counts, touched)
 
-    def _fold_sketches(self, adds: pl.DataFrame, counts: np.ndarray) -> None:
-        """The sketch part of :meth:`_fold_columns`: ``counts[row, membership]`` of every addition."""
+    def _fold_sketches(self, adds: pl.DataFrame, counts: np.ndarray) -> pl.DataFrame:
+        """The sketch part of :meth:`_fold_columns`: ``counts[row, membership]`` of every addition; returns
+        :attr:`Folded.touched` (no addition only reads here)."""
         sketches, p = self._sketches, self.p
-        prior: dict[str, str | set[str]] = {}
-        size: dict[str, int] = {}
-        sequential: list[
-            str
-        ] = []  # addition by addition (sets that become HyperLogLogs in this batch)
-        hll: list[str] = []  # HyperLogLogs already
-        for g in adds.get_column("group").unique().to_list():
-            sketch = sketches.get(g)
+        unique = adds.get_column("group").unique(maintain_order=True)
+        groups: list[str] = unique.to_list()
+        # Each key is looked up once; the rest works on its index (in order of first addition)
+        # with column operations, and touches Python objects only to change them.
+        stored: list[_Sketch | None] = list(map(sketches.get, groups))
+        held: list[str | set[str] | None] = [None] * len(groups)  # exact sets held before the batch
+        size = np.zeros(len(groups), dtype=np.int64)
+        # Kinds of key: an exact set (or none yet); addition by addition (a HyperLogLog without an
+        # estimate yet, and below a set that becomes one in this batch); a HyperLogLog.
+        exact_set, sequential, hll = 0, 1, 2
+        kind = np.zeros(len(groups), dtype=np.int8)
+        for i, sketch in enumerate(stored):
             if sketch is None:
-                size[g] = 0
-            elif sketch.exact is None:
-                (hll if sketch.estimate else sequential).append(g)
+                continue
+            members = sketch.exact
+            if members is None:
+                kind[i] = hll if sketch.estimate else sequential
             else:
-                held = sketch.exact
-                prior[g] = held
-                size[g] = (1 if held else 0) if isinstance(held, str) else len(held)
-        adds = adds.with_columns(pl.struct("group", "member").is_first_distinct().alias("_first"))
-        if hll:
-            self._fold_hll(adds.filter(pl.col("group").is_in(hll)), hll, counts)
-            adds = adds.filter(~pl.col("group").is_in(hll))
-            if adds.height == 0:
-                return
-        firsts = adds.filter(pl.col("_first") & ~pl.col("group").is_in(sequential))
-        # Only a first addition to a set held before the batch may be a member it already has.
-        known = firsts.filter(pl.col("group").is_in(list(prior)))
-        held_before = [
-            (had == m if isinstance(had, str) else m in had)
-            for g, m in zip(
-                known.get_column("group").to_list(),
-                known.get_column("member").to_list(),
-                strict=True,
+                held[i] = members
+                size[i] = (1 if members else 0) if isinstance(members, str) else len(members)
+        adds = adds.select(
+            "key",
+            "member",
+            pl.col("group").replace_strict(unique, np.arange(len(groups)), return_dtype=pl.Int64).alias("_g"),
+        ).with_columns(pl.struct("_g", "member").is_first_distinct().alias("_first"))  # fmt: skip
+        g_all = adds.get_column("_g").to_numpy()
+        last = np.zeros(len(groups), dtype=np.int64)
+        np.maximum.at(last, g_all, adds.get_column("key").to_numpy())
+        touched = pl.DataFrame({"group": unique, "key": last})
+        in_hll = kind[g_all] == hll
+        if in_hll.any():
+            which = np.flatnonzero(kind == hll)
+            local = np.zeros(len(groups), dtype=np.int64)
+            local[which] = np.arange(len(which))
+            self._fold_hll(
+                adds.filter(pl.Series(in_hll)).with_columns(pl.Series("_g", local[g_all[in_hll]])),
+                [s for i in which.tolist() if (s := stored[i]) is not None],
+                counts,
             )
-            for had in (prior[g],)
-        ]
-        firsts = firsts.join(
-            known.select("key", pl.Series("_held", held_before, dtype=pl.Boolean)),
-            on="key",
-            how="left",
-        ).with_columns((~pl.col("_held").fill_null(False)).alias("_new"))
+        rest = np.flatnonzero(~in_hll)  # rows of ``adds`` still to fold
+        if rest.size == 0:
+            return touched
+        member = adds.get_column("member")
+        keys = adds.get_column("key").to_numpy()[rest]
+        g = g_all[rest]
+        # New members of sets: first additions of a member, except one a set held before the batch has.
+        new = adds.get_column("_first").to_numpy()[rest] & (kind[g] == exact_set)
+        known = np.flatnonzero(new & (size[g] > 0))
+        if known.size:
+            had = [
+                (h == m if isinstance(h, str) else h is not None and m in h)
+                for h, m in zip(
+                    map(held.__getitem__, g[known].tolist()),
+                    member.gather(rest[known]).to_list(),
+                    strict=True,
+                )
+            ]
+            new[known[np.array(had, dtype=bool)]] = False
         # A set that reaches EXACT_LIMIT in this batch becomes a HyperLogLog: addition by addition.
-        grows = firsts.group_by("group").agg(pl.col("_new").sum().alias("_n"))
-        crossing = [g for g, k in grows.iter_rows() if size[g] + k >= EXACT_LIMIT]
-        sequential += crossing
-        running = (
-            adds.filter(~pl.col("group").is_in(sequential))
-            .join(firsts.select("key", "_new"), on="key", how="left")
-            .sort("key")
-            .select(
-                "key",
-                (pl.col("group").replace_strict(size, return_dtype=pl.Int64)
-                 + pl.col("_new").fill_null(False).cast(pl.Int64).cum_sum().over("group")).alias("_count"),
-            )
-        )  # fmt: skip
-        keys = running.get_column("key").to_numpy()
-        counts[keys // TOUCH_SLOTS, keys % TOUCH_SLOTS] = running.get_column("_count").to_numpy()
-        grown = (
-            firsts.filter(pl.col("_new") & ~pl.col("group").is_in(crossing))
-            .group_by("group", maintain_order=True)
-            .agg(pl.col("member"))
+        crossing = (kind == exact_set) & (
+            size + np.bincount(g[new], minlength=len(groups)) >= EXACT_LIMIT
         )
-        for g, members in grown.iter_rows():
-            sketch = sketches.get(g)
-            if sketch is None:
-                sketch = _Sketch(p)
-                sketches[g] = sketch
-            current = sketch.exact
-            if isinstance(current, str):
-                members = [current, *members] if current else members
-                sketch.exact = members[0] if len(members) == 1 else set(members)
-            else:
-                assert current is not None
-                current.update(members)
-        seq = adds.filter(pl.col("group").is_in(sequential))
-        for key, g, m in zip(
-            seq.get_column("key").to_list(),
-            seq.get_column("group").to_list(),
-            seq.get_column("member").to_list(),
-            strict=True,
+        in_seq = ((kind == sequential) | crossing)[g]
+        # A set's count is its size so far: per key in addition order (a stable sort keeps it).
+        run = np.flatnonzero(~in_seq)
+        order = run[np.argsort(g[run], kind="stable")]
+        g_run, new_run = g[order], new[order].astype(np.int64)
+        starts = np.flatnonzero(np.diff(g_run, prepend=-1))  # (empty when no set is added to)
+        total = np.cumsum(new_run)
+        before = np.repeat(total[starts] - new_run[starts], np.diff(np.r_[starts, len(order)]))
+        counts[keys[order] // TOUCH_SLOTS, keys[order] % TOUCH_SLOTS] = size[g_run] + total - before
+        # Sets' new members, grouped per key; keys new to the state in order of first addition.
+        grow = order[new_run.astype(bool)]
+        if grow.size:
+            g_grow = g[grow]
+            bounds = np.flatnonzero(np.r_[True, g_grow[1:] != g_grow[:-1], True]).tolist()
+            added: list[str] = member.gather(rest[grow]).to_list()
+            created: list[tuple[str, _Sketch]] = []
+            for i, lo, hi in zip(
+                g_grow[bounds[:-1]].tolist(), bounds[:-1], bounds[1:], strict=True
+            ):
+                sketch = stored[i]
+                if sketch is None:
+                    sketch = _Sketch(p)
+                    sketch.exact = added[lo] if hi - lo == 1 else set(added[lo:hi])
+                    created.append((groups[i], sketch))
+                    continue
+                current = sketch.exact
+                if isinstance(current, str):
+                    joined = [current, *added[lo:hi]] if current else added[lo:hi]
+                    sketch.exact = joined[0] if len(joined) == 1 else set(joined)
+                else:
+                    assert current is not None
+                    current.update(added[lo:hi])
+            sketches.update(created)
+        seq = np.flatnonzero(in_seq)
+        for key, i, m in zip(
+            keys[seq].tolist(), g[seq].tolist(), member.gather(rest[seq]).to_list(), strict=True
         ):
-            sketch = sketches.get(g)
+            sketch = sketches.get(groups[i])
             if sketch is None:
                 sketch = _Sketch(p)
-                sketches[g] = sketch
+                sketches[groups[i]] = sketch
             counts[key // TOUCH_SLOTS, key % TOUCH_SLOTS] = sketch.add(m)
+        return touched
 
-    def _fold_hll(self, adds: pl.DataFrame, groups: list[str], counts: np.ndarray) -> None:
+    def _fold_hll(self, adds: pl.DataFrame, sk: list[_Sketch], counts: np.ndarray) -> None:
         """Additions to sketches that are HyperLogLogs already: :meth:`_Sketch.add`'s answers and end state, columnar.
 
         An addition raises a register if its rank beats the register as it stood (before the
         batch, or raised earlier in it); every REESTIMATE_EVERY-th addition re-estimates if a
         register moved since the last one, with datasketch's own count on the registers as they
-        stand at that addition. Only those re-estimates run one at a time.
+        stand at that addition. Only those re-estimates run one at a time. ``adds``: ``key``,
+        ``member`` and ``_g``, the sketch's index in ``sk``.
         """
-        sketches, p, every = self._sketches, self.p, REESTIMATE_EVERY
+        p, every = self.p, REESTIMATE_EVERY
         members = adds.get_column("member").unique().to_list()
         slots = [_hll_slot(m, p) for m in members]
-        sk = [sketches[g] for g in groups]
         regs = [s.hll.reg for s in sk]  # type: ignore[union-attr]
         reg0 = np.stack(regs).astype(np.int64)
         stale0 = np.array([s.stale for s in sk], dtype=np.int64)
@@ -791,7 +840,6 @@ class MemoryState:
                              schema={"member": pl.String, "_idx": pl.Int64, "_rank": pl.Int64}),
                 on="member", how="left",
             )
-            .with_columns(pl.col("group").replace_strict(groups, list(range(len(groups))), return_dtype=pl.Int64).alias("_g"))
             .sort(["_g", "key"])
             .with_columns(
                 pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("_g").alias("_k"),
@@ -807,7 +855,7 @@ class MemoryState:
         segment = (st + k - 1) // every  # re-estimates strictly before this addition
         check = (st + k) % every == 0
         start = np.searchsorted(
-            g_of, np.arange(len(groups))
+            g_of, np.arange(len(sk))
         )  # each sketch's first addition (sorted by sketch)
         end = np.append(start[1:], len(g_of))
         # A re-estimate runs if a register moved since the previous one (or before the batch, for the first).
@@ -908,20 +956,17 @@ class MemoryState:
                 return {}, 0  # the batch's own sketches could be evicted within it
             if len(sketches) + first.height + tfirst.height <= cap:
                 return {}, None
-            used: dict[str, int] = {}
-            new: list[int] = []
-            for g, t in first.iter_rows():
-                if g in sketches:
-                    used[g] = t
-                else:
-                    new.append(t)
-            held_taint: set[str] = set()
-            new_taint: list[int] = []
-            for g, t in tfirst.iter_rows():
-                if g in sketches:
-                    held_taint.add(g)
-                else:
-                    new_taint.append(t)
+            # Membership tests mapped over whole columns: a batch names ~100k keys at the seed scale.
+            groups: list[str] = first.get_column("group").to_list()
+            times: list[int] = first.get_column("key").to_list()
+            inside = list(map(sketches.__contains__, groups))
+            used = dict(itertools.compress(zip(groups, times, strict=True), inside))
+            new = [t for t, h in zip(times, inside, strict=True) if not h]
+            groups = tfirst.get_column("group").to_list()
+            times = tfirst.get_column("key").to_list()
+            inside = list(map(sketches.__contains__, groups))
+            held_taint = set(itertools.compress(groups, inside))
+            new_taint = [t for t, h in zip(times, inside, strict=True) if not h]
             fewest, stop_f = self._frontier(sorted(new), used, held_taint)
             most, stop_m = self._frontier(sorted(new + new_taint), used, held_taint)
             unsettled = [t for k, t in most.items() if k not in fewest] + [
@@ -942,34 +987,70 @@ class MemoryState:
         """Sketches evicted before their first use when new ones arrive at ``inserts``, and where the simulation had to stop.
 
         It stops at an eviction that reaches a taint key (whether decisions touched it first
-        decides what is evicted from then on).
+        decides what is evicted from then on). Each insertion beyond the cap evicts the oldest
+        key not yet touched; most of those are neither used nor taint and only consume an
+        insertion each, so runs of them are skipped at once and only the others are simulated.
         """
         sketches = self._sketches
-        cap = self.max_sketch_keys
-        queue = list(inserts)  # sorted: a valid heap
-        length = len(sketches)
-        oldest = iter(sketches)
+        # The first insertions fit under the cap.
+        pos = min(len(inserts), max(0, self.max_sketch_keys - len(sketches)))
+        back: list[int] = []  # (heap) evicted sketches coming back empty at their first use
         evicted: dict[str, int] = {}
-        while queue:
-            t = heapq.heappop(queue)
-            length += 1
-            if length <= cap:
-                continue
-            for key in oldest:
+
+        def skip(count: int) -> bool:
+            """Consume ``count`` insertions, each evicting a key of no interest; False if they run out."""
+            nonlocal pos
+            while count and back:
+                upto = min(bisect.bisect_right(inserts, back[0], pos), pos + count)
+                count -= upto - pos
+                pos = upto
+                if count:
+                    if pos < len(inserts) and inserts[pos] < back[0]:
+                        continue
+                    heapq.heappop(back)
+                    count -= 1
+            if count > len(inserts) - pos:
+                pos = len(inserts)
+                return False
+            pos += count
+            return True
+
+        def upcoming() -> int:
+            """The next insertion (one is left)."""
+            if pos == len(inserts) or (back and back[0] < inserts[pos]):
+                return back[0]
+            return inserts[pos]
+
+        oldest = iter(sketches)
+        while True:
+            pending = len(inserts) - pos + len(back)
+            if pending == 0:
+                return evicted, None
+            chunk = list(itertools.islice(oldest, pending + 64))
+            if not chunk:  # nothing left to evict at the next insertion
+                return evicted, upcoming()
+            marked = map(
+                operator.or_, map(used.__contains__, chunk), map(taint.__contains__, chunk)
+            )
+            done = 0
+            for j in itertools.compress(range(len(chunk)), marked):
+                if not skip(j - done):
+                    return evicted, None
+                done = j + 1
+                key = chunk[j]
+                if pos == len(inserts) and not back:
+                    return evicted, None
+                t = upcoming()
                 if key in taint:
                     return evicted, t
-                first_use = used.get(key)
-                if first_use is None:
-                    break  # not used in the batch: evicted, unseen
+                first_use = used[key]
                 if first_use < t:
                     continue  # already touched: no longer among the oldest
                 evicted[key] = first_use
-                heapq.heappush(queue, first_use)  # comes back empty when first used
-                break
-            else:
-                return evicted, t
-            length -= 1
-        return evicted, None
+                skip(1)
+                heapq.heappush(back, first_use)  # comes back empty when first used
+            if not skip(len(chunk) - done):
+                return evicted, None
 
     def drop(self, groups: Iterable[str]) -> None:
         """Remove sketches (ones :meth:`plan_evictions` found evicted before their first use)."""

@@ -1004,9 +1004,7 @@ class MemoryState:
                 upto = min(bisect.bisect_right(inserts, back[0], pos), pos + count)
                 count -= upto - pos
                 pos = upto
-                if count:
-                    if pos < len(inserts) and inserts[pos] < back[0]:
-                        continue
+                if count:  # the insertions up to back[0] are used: it comes back next
                     heapq.heappop(back)
                     count -= 1
             if count > len(inserts) - pos:

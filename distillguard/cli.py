@@ -297,10 +297,11 @@ def simulate(
         str,
         typer.Option(
             "--address-space",
-            help="sampled: 12 prefixes per network, each equally likely (the default so far); "
-            "full: every prefix of each network, each address equally likely.",
+            help="full: every prefix of each network, each address equally likely, mobile "
+            "carriers behind CGNAT (the default); sampled: 12 prefixes per network, each equally "
+            "likely (the default before session 20, for older figures).",
         ),
-    ] = "sampled",
+    ] = "full",
 ) -> None:
     """Generate a labelled log directory of benign personas and attack campaigns."""
     from distillguard.simulate import parse_sets

@@ -22,7 +22,7 @@ from distillguard.core.atomic import atomic_path
 from distillguard.core.errors import ConfigError
 from distillguard.core.schema import ACCOUNT_SCHEMA, EXCHANGE_SCHEMA, LABELS_SCHEMA
 from distillguard.simulate.knobs import SCALES, SCENARIOS, resolve
-from distillguard.simulate.network import Network
+from distillguard.simulate.network import DEFAULT_ADDRESS_SPACE, Network
 from distillguard.simulate.population import (
     BASE_MODELS,
     DAY_MS,
@@ -267,7 +267,7 @@ def simulate(
     overrides: Mapping[str, str] | None = None,
     *,
     console: Console | None = None,
-    address_space: str = "sampled",
+    address_space: str = DEFAULT_ADDRESS_SPACE,
 ) -> SimulationSummary:
     """Generate a log directory for ``scenario`` at ``scale`` into ``out`` (atomically replaced).
 

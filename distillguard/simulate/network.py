@@ -134,6 +134,9 @@ CGNAT_PUBLIC_ADDRESSES: Final = 65_536
 
 #: How much of each org's address space addresses are drawn from (``simulate --address-space``).
 ADDRESS_SPACES: Final = ("sampled", "full")
+#: ``full`` since session 20: ``sampled`` made unrelated customers meet on one address far more
+#: often than at a provider, so most of the benign cost it measured was the simulator's.
+DEFAULT_ADDRESS_SPACE: Final = "full"
 
 
 def _v4_weights(prefixes: list[Prefix]) -> np.ndarray:
@@ -146,7 +149,8 @@ def _v4_weights(prefixes: list[Prefix]) -> np.ndarray:
 class Network:
     """Draws addresses from real prefixes and records which prefixes were used for ip_intel.csv.
 
-    ``address_space``: ``sampled`` (the default so far) draws from ``prefixes_per_org`` of each
+    ``address_space``: ``sampled`` (the default until session 20; kept to reproduce older
+    figures) draws from ``prefixes_per_org`` of each
     org's IPv4 announcements, each prefix equally likely whatever its size, so a /24 gets as
     many addresses as a /12 and unrelated customers meet on one address far more often than at
     a provider (a quarter of the seed scale's casual users on their first day). ``full`` draws
@@ -156,7 +160,10 @@ class Network:
     """
 
     def __init__(
-        self, rng: np.random.Generator, prefixes_per_org: int = 12, address_space: str = "sampled"
+        self,
+        rng: np.random.Generator,
+        prefixes_per_org: int = 12,
+        address_space: str = DEFAULT_ADDRESS_SPACE,
     ) -> None:
         if address_space not in ADDRESS_SPACES:
             raise DistillguardError(

@@ -52,9 +52,12 @@ def test_b_contains_the_campaign_sooner_with_a_s_indicators(
     c = figures["campaign"]
     without = figures["replay"]["without"]["campaigns"][c]
     with_ = figures["replay"]["with"]["campaigns"][c]
-    assert with_["served"] <= without["served"]
-    assert with_["seconds_to_first_flag"] < without["seconds_to_first_flag"]
-    assert with_["exchanges_before_first_flag"] < without["exchanges_before_first_flag"]
+    # Contained sooner: fewer attack exchanges served before containment. The first flag may
+    # come no sooner: B's own signals flag a fresh head within minutes, and a peer match weighs
+    # fully only after share.indicators.min_exchanges of an account's requests.
+    assert with_["served"] < without["served"]
+    assert with_["seconds_to_first_flag"] <= without["seconds_to_first_flag"]
+    assert with_["exchanges_before_first_flag"] <= without["exchanges_before_first_flag"]
     # Sharing must not cost benign customers anything online.
     assert (
         figures["replay"]["with"]["benign_not_served"]

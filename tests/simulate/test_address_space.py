@@ -10,7 +10,12 @@ import pytest
 
 from distillguard.core.errors import DistillguardError
 from distillguard.simulate import simulate
-from distillguard.simulate.network import CGNAT_PUBLIC_ADDRESSES, RESIDENTIAL, Network
+from distillguard.simulate.network import (
+    CGNAT_PUBLIC_ADDRESSES,
+    DEFAULT_ADDRESS_SPACE,
+    RESIDENTIAL,
+    Network,
+)
 
 
 def _repeats(addresses: np.ndarray) -> int:
@@ -18,8 +23,10 @@ def _repeats(addresses: np.ndarray) -> int:
 
 
 def test_full_space_draws_addresses_in_proportion_to_prefix_size() -> None:
-    sampled = Network(np.random.default_rng(3)).addresses(RESIDENTIAL, 50_000)
-    full_net = Network(np.random.default_rng(3), address_space="full")
+    sampled = Network(np.random.default_rng(3), address_space="sampled").addresses(
+        RESIDENTIAL, 50_000
+    )
+    full_net = Network(np.random.default_rng(3))
     full = full_net.addresses(RESIDENTIAL, 50_000)
     # 168 prefixes drawn alike, /24s among them: unrelated draws meet on one address.
     assert _repeats(sampled) > 100
@@ -40,6 +47,17 @@ def test_full_space_draws_addresses_in_proportion_to_prefix_size() -> None:
     space_small = sum(n.num_addresses for n in small)
     assert in_big > 0.5 * len(sample) and space_big > space_small
     assert in_small < 0.1 * len(sample)
+
+
+def test_the_default_address_space_is_full_everywhere() -> None:
+    import inspect
+
+    from distillguard.cli import simulate as simulate_command
+
+    assert DEFAULT_ADDRESS_SPACE == "full"
+    assert Network(np.random.default_rng(1)).address_space == DEFAULT_ADDRESS_SPACE
+    option = inspect.signature(simulate_command).parameters["address_space"]
+    assert option.default == DEFAULT_ADDRESS_SPACE
 
 
 def test_unknown_address_space_is_refused(tmp_path: Path) -> None:

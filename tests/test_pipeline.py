@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pytest
 from linking.conftest import small_world_config  # type: ignore[import-not-found]
 from linking.synth import (  # type: ignore[import-not-found]
     Synth,
@@ -60,3 +62,26 @@ def test_detect_outputs_are_correct_and_byte_identical(tmp_path: Path) -> None:
         v = json.loads(line)
         assert 0.0 <= v["score"] <= 1.0
         assert all(r["detail"]["sample_request_ids"] for r in v["reasons"])
+
+
+def test_detect_reads_and_checks_the_log_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distillguard.ingest as ingest
+    from distillguard.core.config import load_config
+    from distillguard.pipeline import detect
+    from distillguard.simulate import simulate
+
+    simulate("default", "tiny", 4242, tmp_path / "log")
+    real = ingest.load_log
+    calls: list[Path] = []
+
+    def counted(path: Path, config: Any) -> Any:
+        calls.append(path)
+        return real(path, config)
+
+    monkeypatch.setattr(ingest, "load_log", counted)
+    detect(tmp_path / "log", tmp_path / "out", load_config(None))
+    assert calls == [tmp_path / "log"]
+    assert (tmp_path / "out" / "report.html").stat().st_size > 0
+    assert any((tmp_path / "out" / "cases").iterdir())

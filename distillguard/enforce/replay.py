@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distillguard.core.atomic import atomic_path
+from distillguard.core.duckdb_backend import connect_raw
 from distillguard.core.exchange_sql import ExchangeSource, exchanges_view
 from distillguard.core.schema import EXCHANGE_COLUMNS
 from distillguard.enforce.campaigns import CampaignWatcher
@@ -130,7 +130,7 @@ class TimeOrderedExchanges:
             list(columns) if columns is not None else [c for c in EXCHANGE_COLUMNS if c in names]
         )
         self.read_rows = max(1, read_rows)
-        self._con = duckdb.connect()
+        self._con = connect_raw()
         exchanges_view(self._con, source, "exchanges", self.columns)
         self.schema = pa.schema([source.schema.field(c) for c in self.columns])
         minutes = self._con.execute(

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from distillguard.core.duckdb_backend import connect_ibis
 from distillguard.core.engine import release_arrow_memory, trace_call, tracing
 
 
@@ -34,7 +34,7 @@ class EmbeddedEngine:
         # keep every cached table resident, which ran out of memory at the seed scale.
         self._database = database
         self._held = itertools.count()
-        self.backend: Any = ibis.duckdb.connect(":memory:" if database is None else str(database))
+        self.backend: Any = connect_ibis(":memory:" if database is None else database)
         if database is not None:
             spill = Path(database).with_suffix(".spill")
             self.backend.raw_sql(f"SET temp_directory = '{spill.as_posix()}'")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
+from distillguard.core.duckdb_backend import connect_raw
 from distillguard.core.exchange_sql import (
     ExchangeSource,
     parquet_files,
@@ -45,7 +46,7 @@ def connect_exchanges(exchanges: ExchangeSource) -> duckdb.DuckDBPyConnection:
     orders of magnitude slower at 10 M rows. Anything else (in-memory tables in tests) is
     registered and copied once into a DuckDB table.
     """
-    con = duckdb.connect()
+    con = connect_raw()
     files = parquet_files(exchanges)
     if files is not None:
         con.execute(

@@ -20,6 +20,7 @@ import pyarrow.dataset as pads
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from distillguard.core.duckdb_backend import connect_raw
 from distillguard.core.errors import ConfigError
 from distillguard.core.exchange_sql import exchanges_view, sql_frame
 from distillguard.core.schema import EXCHANGE_COLUMNS
@@ -154,7 +155,7 @@ def _campaign_rows(
 
 def _exchanges_connection(exchanges: pads.Dataset | pa.Table) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the contract's exchange columns as view ``exchanges``."""
-    con = duckdb.connect()
+    con = connect_raw()
     con.execute("SET TimeZone = 'UTC'")
     exchanges_view(con, exchanges, "exchanges", EXCHANGE_COLUMNS)
     return con

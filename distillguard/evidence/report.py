@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-import duckdb
 import jinja2
 import polars as pl
 import pyarrow as pa
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from distillguard.core.atomic import write_text_atomic
+from distillguard.core.duckdb_backend import connect_raw
 from distillguard.core.errors import DistillguardError
 from distillguard.core.exchange_sql import exchanges_view
 from distillguard.evidence.attribution import Attribution, attribute
@@ -251,7 +251,7 @@ def report_data_from_outputs(
         if log.accounts is not None and "account_id" in acc_cols
         else pa.table({"account_id": pa.array([], pa.string())})
     )
-    con = duckdb.connect()
+    con = connect_raw()
     try:
         exchanges_view(con, log.exchanges, "ex")
         con.register("m", members)

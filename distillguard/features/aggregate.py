@@ -38,6 +38,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from distillguard.core.duckdb_backend import connect_ibis
 from distillguard.core.schema import ACCOUNT_SCHEMA, VERIFICATION_LEVELS, NetworkKind
 
 KINDS: Final = tuple(k.value for k in NetworkKind)
@@ -73,7 +74,7 @@ _FEATURE_INPUTS: Final = frozenset(
 
 def connect(memory_limit: str | None = None) -> ibis.BaseBackend:
     """An embedded DuckDB backend for the feature queries, capped at ``memory_limit``."""
-    con = ibis.duckdb.connect()
+    con = connect_ibis()
     if memory_limit:
         con.raw_sql(f"SET memory_limit = '{memory_limit}'")  # type: ignore[attr-defined]
     return con

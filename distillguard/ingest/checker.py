@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distillguard.core.duckdb_backend import connect_raw
 from distillguard.core.errors import Problem
 from distillguard.ingest.columns import (
     MISSING,
@@ -34,7 +35,7 @@ SOURCE = "__dg_src"
 
 def connect() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB whose session time zone is UTC (timestamps are normalised to it)."""
-    con = duckdb.connect()
+    con = connect_raw()
     con.execute("SET TimeZone = 'UTC'")
     return con
 

@@ -514,3 +514,27 @@ def test_a_card_shared_within_one_domain_is_explained_unless_free_mail(
     edges_expr, _ = edge_expressions(engine.table("s2", sig), engine.table("a2", acc), config)
     again = _within(_group_edges(engine.to_arrow(edges_expr)), "card")
     assert again["w_payment"].max() < 0.5
+
+
+def test_edge_weights_do_not_depend_on_summation_order() -> None:
+    """The same contributions summed in two orders give bit-identical weights: the graph step
+    breaks ties on weight, so a last-bit difference from an engine's plan must not reach it."""
+    contributions = {"ip": 0.1, "payment": 0.2, "template": 0.3}
+    config: dict[str, Any] = {"linking": {"verified_pair_discount": 1.0}}
+    weights = []
+    for kinds in (list(contributions), list(reversed(contributions))):
+        engine = EmbeddedEngine()
+        kind_pairs = {
+            kind: engine.table(
+                f"pairs_{kind}",
+                pa.table(
+                    {"code_a": [0], "code_b": [1], "contribution": [contributions[kind]]},
+                ),
+            )
+            for kind in kinds
+        }
+        totals = engine.to_arrow(edge_totals(kind_pairs, kind_pairs[kinds[0]], config))
+        weights.append(totals["weight"][0].as_py())
+    # Unrounded, the two orders give 0.6000000000000001 and 0.6.
+    assert (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1
+    assert weights[0] == weights[1] == pytest.approx(0.6)
